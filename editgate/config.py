@@ -1,0 +1,306 @@
+"""The repository's `editgate.yaml`: which model, method, manifests and policy a run uses.
+
+Every key is optional (an absent file means all defaults, which run offline on the embedded model).
+The file can be changed by a pull request, so paths it names must stay inside the repository.
+"""
+
+from __future__ import annotations
+
+import glob
+import re
+from dataclasses import dataclass, field, fields
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from editgate.errors import InputError, Problem
+from editgate.policy import BUILTIN_POLICIES, builtin_policy_path, path_inside
+from editgate.yamlio import (
+    describe, did_you_mean, line_of, line_of_mentioned, load_yaml, plain, quote_hint, unknown_key,
+)
+
+CONFIG_NAMES = ("editgate.yaml", "editgate.yml")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+_DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+|multi)$")
+DEFAULT_POLICY = "policies/default.yaml"
+
+
+@dataclass
+class Config:
+    """Settings for one repository. `root` is the repository directory (absolute)."""
+
+    root: Path
+    model: str = "builtin:smollm2-135m"
+    dtype: str = "auto"
+    device: str = "auto"
+    method: str = "rome"
+    hparams: dict[str, dict] = field(default_factory=dict)
+    manifests: list[str] = field(default_factory=lambda: ["edits/**/*.yaml"])
+    policy: str = DEFAULT_POLICY
+    cache_dir: str = "~/.cache/editgate"
+    trust_remote_code: bool = False
+    threads: int | None = None
+    seed: int = 0
+    source_file: str | None = None  # "editgate.yaml" as shown to users, or None when absent
+    policy_explicit: bool = field(default=False, repr=False, compare=False)  # the file set `policy:`
+    key_lines: dict[str, int] = field(default_factory=dict, repr=False, compare=False)  # for messages
+
+    def manifest_paths(self) -> list[Path]:
+        """Files matched by the manifest globs, sorted by path, de-duplicated, inside the root.
+
+        Raises InputError when a pattern leaves the repository, matches nothing, or a match is a
+        symlink pointing outside the repository.
+        """
+        paths, problems = self.manifest_paths_collecting()
+        if problems:
+            raise InputError(problems)
+        return paths
+
+    def manifest_paths_collecting(self) -> tuple[list[Path], list[Problem]]:
+        problems: list[Problem] = []
+        found: dict[str, Path] = {}
+        shown = self.source_file or str(self.root)  # no editgate.yaml: the problem is the repository's
+        line = self.key_lines.get("manifests")
+        for pattern in self.manifests:
+            relative = _relative_pattern(self.root, pattern)
+            if relative is None:
+                problems.append(Problem(shown, line, f"manifests: {pattern!r} is outside the repository"))
+                continue
+            matches = [m for m in glob.glob(relative, root_dir=self.root, recursive=True)
+                       if (self.root / m).is_file()]
+            if not matches:
+                where = "" if "manifests" in self.key_lines else " (the default; set 'manifests:' in editgate.yaml)"
+                problems.append(Problem(shown, line, f"manifests: no file matches {pattern!r}{where}"))
+            for match in matches:
+                key = Path(match).as_posix()
+                if path_inside(self.root, match) is None:
+                    problems.append(Problem(key, None, "is a link to a file outside the repository"))
+                    continue
+                found.setdefault(key, self.root / match)
+        return [found[k] for k in sorted(found)], problems
+
+    def policy_path(self) -> Path:
+        """The policy file: a packaged one for `builtin:<name>`, else inside the repository.
+
+        When `policy:` is not set and `policies/default.yaml` does not exist, the packaged default.
+        """
+        if self.policy.startswith("builtin:"):
+            return builtin_policy_path(self.policy.removeprefix("builtin:"))
+        path = path_inside(self.root, self.policy)
+        if path is None:
+            raise InputError(Problem(self.source_file or "editgate.yaml", self.key_lines.get("policy"),
+                                     f"policy {self.policy!r} is outside the repository"))
+        if not self.policy_explicit and not path.exists():
+            return builtin_policy_path("default")
+        return path
+
+    def policy_shown_as(self) -> str:
+        """How the policy is named in messages: the repository-relative path or `builtin:<name>`."""
+        if self.policy.startswith("builtin:"):
+            return self.policy
+        if not self.policy_explicit and not (self.root / self.policy).exists():
+            return "builtin:default"
+        return self.policy
+
+    def cache_path(self) -> Path:
+        """The cache directory, with ~ expanded; a relative path is relative to the repository."""
+        path = Path(self.cache_dir).expanduser()
+        return path if path.is_absolute() else self.root / path
+
+
+def load_config(repo: Path) -> Config:
+    """Read and validate `<repo>/editgate.yaml`; raise InputError listing every problem."""
+    config, problems, _ = load_config_collecting(repo)
+    if problems:
+        raise InputError(problems)
+    return config
+
+
+def find_config_file(repo: Path) -> Path | None:
+    for name in CONFIG_NAMES:
+        if (repo / name).is_file():
+            return repo / name
+    return None
+
+
+def load_config_collecting(repo: Path) -> tuple[Config, list[Problem], set[str]]:
+    """The config with invalid values replaced by defaults, the problems, and the invalid keys
+    (so callers can skip work that depends on them, e.g. expanding a broken `manifests`)."""
+    root = Path(repo).expanduser().resolve()
+    config = Config(root=root)
+    if not root.is_dir():
+        return config, [Problem(str(repo), None, "the repository directory does not exist")], {"*"}
+    path = find_config_file(root)
+    if path is None:
+        return config, [], set()
+    config.source_file = path.name
+    if path_inside(root, path.name) is None:
+        return config, [Problem(path.name, None, "is a link to a file outside the repository")], {"*"}
+    try:
+        data = load_yaml(path, path.name)
+    except InputError as e:
+        return config, e.problems, {"*"}
+    problems: list[Problem] = []
+    bad: set[str] = set()
+    if data is None:
+        return config, problems, bad
+    if not isinstance(data, dict):
+        return config, [Problem(path.name, line_of(data), f"must be a mapping of settings, not {describe(data)}")], {"*"}
+    _apply(config, data, path.name, problems, bad)
+    return config, problems, bad
+
+
+_KEYS = [f.name for f in fields(Config) if f.name not in ("root", "source_file", "policy_explicit")]
+
+
+def _apply(config: Config, data: dict, shown: str, problems: list[Problem], bad: set[str]) -> None:
+    config.key_lines = {k: v for k, v in data.key_lines.items() if isinstance(k, str)} \
+        if hasattr(data, "key_lines") else {}
+    for key, value in data.items():
+        line = line_of(data, key)
+        if key not in _KEYS:
+            problems.append(Problem(shown, line, unknown_key("setting", key, _KEYS)))
+            continue
+        message, parsed = _CHECKS[key](config, value)
+        if message:
+            hint = quote_hint(data, key, value) if key in _TEXT_KEYS else ""
+            problems.append(Problem(shown, line, f"{key}: {message}{hint}"))
+            bad.add(key)
+            continue
+        setattr(config, key, parsed)
+        if key == "policy":
+            config.policy_explicit = True
+    if "hparams" not in bad and "method" not in bad:
+        _check_all_hparams(config, data, shown, problems)
+
+
+_TEXT_KEYS = {"model", "dtype", "device", "method", "policy", "cache_dir"}
+
+
+def _text(value: Any) -> tuple[str | None, Any]:
+    if not isinstance(value, str) or not value.strip():
+        return f"must be text, not {describe(value)}", None
+    return None, value.strip()
+
+
+def _choice(options: tuple[str, ...]) -> Any:
+    def check(config: Config, value: Any) -> tuple[str | None, Any]:
+        message, text = _text(value)
+        if message or text in options:
+            return message, text
+        return f"{text!r} is not one of {', '.join(options)}{did_you_mean(text, options)}", None
+    return check
+
+
+def _device(config: Config, value: Any) -> tuple[str | None, Any]:
+    message, text = _text(value)
+    if message or _DEVICE.match(text):
+        return message, text
+    return f"{text!r} is not a device; use auto, cpu, cuda, cuda:N or multi", None
+
+
+def _method(config: Config, value: Any) -> tuple[str | None, Any]:
+    from editgate.methods import method_names  # late: the methods import torch and this module's users
+
+    message, text = _text(value)
+    if message or text in method_names():
+        return message, text
+    return f"unknown method {text!r}{did_you_mean(text, method_names())}; choose one of {', '.join(method_names())}", None
+
+
+def _manifests(config: Config, value: Any) -> tuple[str | None, Any]:
+    patterns = [value] if isinstance(value, str) else value
+    if not isinstance(patterns, list) or not patterns or not all(isinstance(p, str) and p.strip() for p in patterns):
+        return f"must be a glob or a list of globs, not {describe(value)}", None
+    for pattern in patterns:
+        if _relative_pattern(config.root, pattern) is None:
+            return f"{pattern!r} is outside the repository; use a path relative to it, without '..'", None
+    return None, [p.strip() for p in patterns]
+
+
+def _relative_pattern(root: Path, pattern: str) -> str | None:
+    """The glob relative to the root, or None when it could match outside the repository."""
+    path = PurePosixPath(pattern.strip().replace("\\", "/"))
+    if path.is_absolute():
+        try:
+            path = PurePosixPath(path.relative_to(root.resolve().as_posix()))
+        except ValueError:
+            return None
+    if ".." in path.parts:
+        return None
+    return path.as_posix()
+
+
+def _policy(config: Config, value: Any) -> tuple[str | None, Any]:
+    message, text = _text(value)
+    if message:
+        return message, None
+    if text.startswith("builtin:"):
+        name = text.removeprefix("builtin:")
+        if name not in BUILTIN_POLICIES:
+            return f"{unknown_key('builtin policy', name, BUILTIN_POLICIES)}", None
+        return None, text
+    path = path_inside(config.root, text)
+    if path is None:
+        return f"{text!r} is outside the repository; use a path inside it or builtin:<name>", None
+    if not path.is_file():
+        return f"{text!r} does not exist (or use builtin:{', builtin:'.join(BUILTIN_POLICIES)})", None
+    return None, text
+
+
+def _bool(config: Config, value: Any) -> tuple[str | None, Any]:
+    if not isinstance(value, bool):
+        return f"must be true or false, not {describe(value)}", None
+    return None, value
+
+
+def _int(minimum: int, allow_none: bool) -> Any:
+    def check(config: Config, value: Any) -> tuple[str | None, Any]:
+        if value is None and allow_none:
+            return None, None
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            extra = " or empty (automatic)" if allow_none else ""
+            return f"must be a whole number of at least {minimum}{extra}, not {describe(value)}", None
+        return None, value
+    return check
+
+
+def _hparams(config: Config, value: Any) -> tuple[str | None, Any]:
+    if value is None:
+        return None, {}
+    if not isinstance(value, dict) or not all(isinstance(v, dict) or v is None for v in value.values()):
+        return "must map method names to their hyperparameters, e.g. {rome: {layer: 4}}", None
+    return None, value
+
+
+_CHECKS = {
+    "model": lambda c, v: _text(v),
+    "dtype": _choice(DTYPES),
+    "device": _device,
+    "method": _method,
+    "hparams": _hparams,
+    "manifests": _manifests,
+    "policy": _policy,
+    "cache_dir": lambda c, v: _text(v),
+    "trust_remote_code": _bool,
+    "threads": _int(1, allow_none=True),
+    "seed": _int(0, allow_none=False),
+}
+
+
+def _check_all_hparams(config: Config, data: dict, shown: str, problems: list[Problem]) -> None:
+    """Per-method defaults: unknown methods and unknown or mistyped hyperparameters."""
+    from editgate.methods import check_hparams, method_names
+
+    section = data.get("hparams") or {}
+    checked: dict[str, dict] = {}
+    for method, values in section.items():
+        line = line_of(section, method)
+        if method not in method_names():
+            problems.append(Problem(shown, line, f"hparams: {unknown_key('method', method, method_names())}"))
+            continue
+        values = plain(values or {})
+        for message in check_hparams(method, values):
+            key_line = line_of_mentioned(section[method], message) or line
+            problems.append(Problem(shown, key_line, f"hparams.{method}: {message}"))
+        checked[method] = values
+    config.hparams = checked

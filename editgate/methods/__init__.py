@@ -1,0 +1,66 @@
+"""Editing methods behind one interface, and the registry the CLI and validation read.
+
+A method takes the model, a batch of edits and its hyperparameters, changes the model in place and
+returns an `AppliedEdit` recording exactly what it changed, so the gate can undo, diff or export it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from typing import Any
+
+from editgate.methods.base import AppliedEdit, EditMethod
+from editgate.methods.rome import Rome
+
+METHODS: dict[str, type[EditMethod]] = {cls.name: cls for cls in (Rome,)}
+
+__all__ = ["AppliedEdit", "EditMethod", "METHODS", "method_names", "get_method", "check_hparams"]
+
+
+def method_names() -> list[str]:
+    return sorted(METHODS)
+
+
+def get_method(name: str) -> type[EditMethod]:
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise KeyError(f"unknown method {name!r}; choose one of {', '.join(method_names())}") from None
+
+
+def check_hparams(method: str, hparams: dict[str, Any]) -> list[str]:
+    """Messages for unknown or mistyped hyperparameters of `method` (empty when all is well)."""
+    if method not in METHODS:
+        return []  # the unknown method itself is reported by the caller
+    fields = {f.name: f for f in dataclasses.fields(METHODS[method].HParams)}
+    problems = []
+    for key, value in hparams.items():
+        if key not in fields:
+            hint = difflib.get_close_matches(str(key), list(fields), n=1)
+            suffix = f" (did you mean {hint[0]!r}?)" if hint else ""
+            problems.append(f"unknown hyperparameter {key!r} for method {method!r}{suffix}")
+            continue
+        expected = METHODS[method].HParams.field_types()[key]
+        if not _matches(value, expected):
+            problems.append(
+                f"hyperparameter {key!r} of method {method!r} must be {_describe(expected)}, "
+                f"not {type(value).__name__} {value!r}"
+            )
+    return problems
+
+
+def _matches(value: Any, expected: tuple[type, ...]) -> bool:
+    if isinstance(value, bool) and bool not in expected:
+        return False
+    if isinstance(value, int) and float in expected:
+        return True
+    if isinstance(value, list) and list in expected:
+        return all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    return isinstance(value, expected)
+
+
+def _describe(expected: tuple[type, ...]) -> str:
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
+             list: "a list of integers", type(None): "null (automatic)"}
+    return " or ".join(names.get(t, t.__name__) for t in expected)

