@@ -239,7 +239,7 @@ def optimise_value(model, tokenizer, target: MlpOut, edit: Edit, templates: list
             kl_loss = F.kl_div(kl_logprobs, kl_reference, log_target=True, reduction="batchmean")
             decay = delta.norm() ** 2 / original_value[0].norm() ** 2
             loss = nll + hp.kl_factor * kl_loss + hp.v_weight_decay * decay
-            if float(nll) < hp.early_stop_nll:
+            if float(nll.detach()) < hp.early_stop_nll:
                 break
             loss.backward()
             optimiser.step()
@@ -249,4 +249,4 @@ def optimise_value(model, tokenizer, target: MlpOut, edit: Edit, templates: list
                     delta.mul_(limit / delta.norm())
     finally:
         handle.remove()
-    return delta.detach().cpu(), {"v_steps": steps, "target_nll": float(nll)}
+    return delta.detach().cpu(), {"v_steps": steps, "target_nll": float(nll.detach())}
