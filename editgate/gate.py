@@ -127,9 +127,12 @@ class Gate:
 
         records = self.records
         previous_ratio, stopped = 1.0, False
-        for index, record in enumerate(records):
-            self.apply(record)
-            if not self.is_check_point(index):
+        for batch in self.batches():
+            self.apply([records[i] for i in batch])
+            index, record = batch[-1], records[batch[-1]]
+            for i in batch[:-1]:
+                records[i].status = "unchecked"  # checked together with the batch's last edit
+            if not any(self.is_check_point(i) for i in batch):
                 record.status = "unchecked"
                 continue
             result = perplexity(model, sample)
@@ -153,12 +156,30 @@ class Gate:
         self.timings["total_gate"] = time.perf_counter() - start
         return self.verdict(records, baseline, stopped)
 
-    def apply(self, record: EditRecord) -> AppliedEdit:
-        method = self.method(record.method)
+    def batches(self) -> list[list[int]]:
+        """Edit indices grouped into the units a method applies at once: consecutive edits of one
+        manifest with the same method and hyperparameters, up to the method's `batch_size` (ROME: 1)."""
+        groups: list[list[int]] = []
+        for i, edit in enumerate(self.edits):
+            size = getattr(self.hparams(edit), "batch_size", 1)
+            if groups and len(groups[-1]) < size and self._same_unit(self.edits[groups[-1][0]], edit):
+                groups[-1].append(i)
+            else:
+                groups.append([i])
+        return groups
+
+    def _same_unit(self, a: Edit, b: Edit) -> bool:
+        return (a.source, a.method or self.config.method, a.hparams) == (b.source, b.method or self.config.method, b.hparams)
+
+    def apply(self, records: list[EditRecord]) -> AppliedEdit:
+        """Apply one batch of edits (same method and hyperparameters) and time it."""
+        method = self.method(records[0].method)
         start = time.perf_counter()
-        applied = method.apply([record.edit], self.hparams(record.edit))
-        record.edit_seconds = time.perf_counter() - start
-        record.method_info = applied.info
+        applied = method.apply([r.edit for r in records], self.hparams(records[0].edit))
+        seconds = time.perf_counter() - start
+        for record in records:
+            record.edit_seconds = seconds / len(records)
+            record.method_info = applied.info
         return applied
 
     # -- the verdict --------------------------------------------------------------------------

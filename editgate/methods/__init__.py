@@ -11,9 +11,11 @@ import difflib
 from typing import Any
 
 from editgate.methods.base import AppliedEdit, EditMethod
+from editgate.methods.ft import FineTune
+from editgate.methods.memit import AlphaEdit, Memit
 from editgate.methods.rome import Rome
 
-METHODS: dict[str, type[EditMethod]] = {cls.name: cls for cls in (Rome,)}
+METHODS: dict[str, type[EditMethod]] = {cls.name: cls for cls in (Rome, Memit, AlphaEdit, FineTune)}
 
 __all__ = ["AppliedEdit", "EditMethod", "METHODS", "method_names", "get_method", "check_hparams"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import typing
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import torch
 
@@ -25,12 +25,16 @@ class AppliedEdit:
     edit_ids: list[str]
     originals: dict[str, torch.Tensor]
     info: dict[str, Any] = field(default_factory=dict)
+    on_undo: list[Callable[[], None]] = field(default_factory=list, repr=False)  # method state to restore
 
     def undo(self, model: torch.nn.Module) -> None:
+        """Restore every written parameter (and the method's own state) exactly; undo in reverse order."""
         params = dict(model.named_parameters())
         with torch.no_grad():
             for name, original in self.originals.items():
                 params[name].copy_(original.to(params[name].device))
+        for restore in reversed(self.on_undo):
+            restore()
 
     def deltas(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
         """The change to each written parameter (edited minus original), on the CPU."""

@@ -88,6 +88,17 @@ def cached_second_moments(model, tokenizer, layers: list[int], *, cache_dir: Pat
     return result
 
 
+def cached_tensor(cache_dir: Path, fingerprint: str, corpus: str, name: str, build) -> torch.Tensor:
+    """A tensor derived from a model's statistics (e.g. a null-space projection), built once and cached."""
+    safe_corpus = "".join(c if c.isalnum() else "_" for c in corpus)
+    path = Path(cache_dir) / "stats" / fingerprint / "derived" / f"{safe_corpus}-{name}.pt"
+    if path.is_file():
+        return torch.load(path, weights_only=True)
+    tensor = build()
+    _save_atomic(tensor, path)
+    return tensor
+
+
 def _save_atomic(tensor: torch.Tensor, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".partial-", suffix=".pt")

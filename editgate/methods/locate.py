@@ -1,0 +1,212 @@
+"""Keys and values at the subject: the machinery ROME, MEMIT and AlphaEdit share.
+
+A fact is read from an MLP output projection at the subject's last token: its input there is the
+"key", its output the "value" added to the residual stream. These helpers find those positions,
+read keys averaged over context prefixes, read the residual stream, and optimise the value offset
+that makes the new target likely.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from editgate.architecture import MlpOut, block_list
+from editgate.manifests import Edit
+from editgate.methods.statistics import cached_second_moments
+
+CONTEXT_SEEDS = ("The", "Therefore", "Because", "I", "You")
+
+
+@dataclass(frozen=True)
+class ValueSettings:
+    """How the value offset is optimised (ROME's compute_v / MEMIT's compute_z)."""
+
+    steps: int
+    lr: float
+    weight_decay: float
+    clamp_norm_factor: float
+    kl_factor: float
+    early_stop_nll: float
+
+
+def context_templates(method, count: int, length: int) -> list[str]:
+    """'{}' plus short prefixes sampled from the model itself with a fixed seed, as ROME does; memoised
+    per run because every edit reuses them."""
+    ctx = method.context
+    memo_key = f"templates-{count}-{length}-{ctx.seed}"
+    if memo_key not in ctx.memo:
+        prefixes = sample_prefixes(method.model, method.tokenizer, count, length, ctx.seed)
+        ctx.memo[memo_key] = ["{}"] + [p.replace("{", " ").replace("}", " ") + ". {}" for p in prefixes]
+    return ctx.memo[memo_key]
+
+
+def sample_prefixes(model, tokenizer, count: int, length: int, seed: int) -> list[str]:
+    """`count` continuations of short seed words, top-5 sampled with a seeded generator (reproducible)."""
+    device = next(model.parameters()).device
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    out = []
+    with torch.inference_mode():
+        for i in range(count):
+            ids = tokenizer(CONTEXT_SEEDS[i % len(CONTEXT_SEEDS)], return_tensors="pt").input_ids.to(device)
+            for _ in range(length):
+                logits = model(input_ids=ids).logits[0, -1].float().cpu()
+                top = torch.topk(logits, 5)
+                choice = top.indices[torch.multinomial(F.softmax(top.values, -1), 1, generator=generator)]
+                ids = torch.cat([ids, choice.view(1, 1).to(device)], dim=1)
+            out.append(tokenizer.decode(ids[0], skip_special_tokens=True).strip())
+    return out
+
+
+def second_moments(method, layers: list[int], samples: int, max_tokens: int) -> dict[int, torch.Tensor]:
+    """E[k k^T] of each layer's keys, from the disk cache or one truncated pass over the corpus."""
+    ctx = method.context
+    return cached_second_moments(
+        method.model, method.tokenizer, layers, cache_dir=ctx.cache_dir, fingerprint=ctx.model_fingerprint,
+        corpus=ctx.stats_corpus_name, texts_fn=lambda: ctx.stats_texts(samples), samples=samples,
+        max_tokens=max_tokens, log=ctx.log)
+
+
+def fill(template: str, edit_prompt: str, subject: str) -> tuple[str, int]:
+    """Put the edit's prompt into a context template; return the text and where the subject ends."""
+    prompt = template.replace("{}", edit_prompt)
+    marker = prompt.index("{}")
+    return prompt.replace("{}", subject, 1), marker + len(subject)
+
+
+def subject_last_index(tokenizer, text: str, subject_end: int) -> int:
+    """Token index of the subject's last token: the length of the tokenized text up to its end, minus one."""
+    return len(tokenizer(text[:subject_end])["input_ids"]) - 1
+
+
+def pad_batch(sequences: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ids and attention mask: real tokens never attend to right padding."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, seq in enumerate(sequences):
+        ids[row, : len(seq)] = torch.tensor(seq)
+        mask[row, : len(seq)] = 1
+    return ids.to(device), mask.to(device)
+
+
+def _subject_batch(tokenizer, edits: list[Edit], templates: list[str]) -> tuple[list[list[int]], list[int]]:
+    """Every edit's prompt in every template, tokenized, with the subject's last token index."""
+    sequences, positions = [], []
+    for edit in edits:
+        for template in templates:
+            text, end = fill(template, edit.prompt, edit.subject)
+            sequences.append(tokenizer(text)["input_ids"])
+            positions.append(subject_last_index(tokenizer, text, end))
+    return sequences, positions
+
+
+def subject_keys(model, tokenizer, targets: list[MlpOut], edits: list[Edit],
+                 templates: list[str]) -> dict[int, torch.Tensor]:
+    """k* per layer: each projection's input at each edit's subject, averaged over the templates.
+
+    Returns {layer: [n_edits, key_dim]} float32 on the CPU, from one forward pass for all layers.
+    """
+    sequences, positions = _subject_batch(tokenizer, edits, templates)
+    captured: dict[int, torch.Tensor] = {}
+    hooks = [t.module.register_forward_pre_hook(
+        lambda _m, inputs, layer=t.layer: captured.__setitem__(layer, inputs[0])) for t in targets]
+    try:
+        ids, mask = pad_batch(sequences, tokenizer.pad_token_id or 0, next(model.parameters()).device)
+        with torch.inference_mode():
+            model(input_ids=ids, attention_mask=mask)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    rows = torch.arange(len(sequences))
+    index = torch.tensor(positions)
+    return {layer: keys[rows, index].float().cpu().view(len(edits), len(templates), -1).mean(dim=1)
+            for layer, keys in captured.items()}
+
+
+def residual_at_subject(model, tokenizer, layer: int, edits: list[Edit], templates: list[str]) -> torch.Tensor:
+    """The residual stream after block `layer` at each edit's subject, averaged over templates: [n, hidden]."""
+    _, blocks = block_list(model)
+    sequences, positions = _subject_batch(tokenizer, edits, templates)
+    captured = []
+
+    def hook(_module, _inputs, output):
+        captured.append(output[0] if isinstance(output, tuple) else output)
+
+    handle = blocks[layer].register_forward_hook(hook)
+    try:
+        ids, mask = pad_batch(sequences, tokenizer.pad_token_id or 0, next(model.parameters()).device)
+        with torch.inference_mode():
+            model(input_ids=ids, attention_mask=mask)
+    finally:
+        handle.remove()
+    states = captured[0][torch.arange(len(sequences)), torch.tensor(positions)].float().cpu()
+    return states.view(len(edits), len(templates), -1).mean(dim=1)
+
+
+def optimise_value(model, tokenizer, target: MlpOut, edit: Edit, templates: list[str],
+                   settings: ValueSettings) -> tuple[torch.Tensor, dict]:
+    """The offset `delta` to the projection's output at the subject that makes the target likely.
+
+    Each template, filled with the prompt and followed by the target's tokens, is a training sequence;
+    "<subject> is a" is scored against its original distribution (KL) so the subject keeps its kind.
+    Adding `delta` to the MLP output of block L is the same as adding it to block L's output (the
+    residual stream), so this serves ROME's value and MEMIT's target residual alike.
+    """
+    device = next(model.parameters()).device
+    target_ids = tokenizer(" " + edit.target.strip(), add_special_tokens=False)["input_ids"]
+    prompts, lookups = [], []
+    for template in templates:
+        text, end = fill(template, edit.prompt, edit.subject)
+        prompts.append(tokenizer(text)["input_ids"])
+        lookups.append(subject_last_index(tokenizer, text, end))
+    kl_text, kl_end = fill("{}", "{} is a", edit.subject)
+    kl_ids = tokenizer(kl_text)["input_ids"]
+    sequences = [p + target_ids[:-1] for p in prompts] + [kl_ids]
+    lookup = torch.tensor(lookups + [subject_last_index(tokenizer, kl_text, kl_end)], device=device)
+    ids, mask = pad_batch(sequences, tokenizer.pad_token_id or 0, device)
+
+    n = len(prompts)  # positions whose logits predict each target token, per rewrite sequence
+    rows = torch.tensor([r for r in range(n) for _ in target_ids], device=device)
+    cols = torch.tensor([len(prompts[r]) - 1 + j for r in range(n) for j in range(len(target_ids))], device=device)
+    gold = torch.tensor(target_ids * n, device=device)
+    batch_index = torch.arange(len(sequences), device=device)
+    width = target.weight.shape[1] if target.transposed else target.weight.shape[0]
+    delta = torch.zeros(width, device=device, dtype=torch.float32, requires_grad=True)
+    original: list[torch.Tensor] = []
+
+    def add_delta(_module, _inputs, output):
+        if not original:
+            original.append(output[0, lookup[0]].detach().float().clone())
+        output = output.clone()
+        output[batch_index, lookup] = output[batch_index, lookup] + delta.to(output.dtype)
+        return output
+
+    handle = target.module.register_forward_hook(add_delta)
+    optimiser = torch.optim.Adam([delta], lr=settings.lr)
+    kl_reference, steps, nll_value = None, 0, math.inf
+    try:
+        for steps in range(1, settings.steps + 1):
+            optimiser.zero_grad()
+            logits = model(input_ids=ids, attention_mask=mask).logits
+            nll = -torch.log_softmax(logits[rows, cols].float(), dim=-1).gather(1, gold[:, None]).mean()
+            kl_logprobs = torch.log_softmax(logits[n, len(kl_ids) - 1][None].float(), dim=-1)
+            if kl_reference is None:
+                kl_reference = kl_logprobs.detach()
+            kl_loss = F.kl_div(kl_logprobs, kl_reference, log_target=True, reduction="batchmean")
+            decay = delta.norm() ** 2 / original[0].norm() ** 2
+            nll_value = float(nll.detach())
+            if nll_value < settings.early_stop_nll:
+                break
+            (nll + settings.kl_factor * kl_loss + settings.weight_decay * decay).backward()
+            optimiser.step()
+            with torch.no_grad():
+                limit = settings.clamp_norm_factor * original[0].norm()
+                if delta.norm() > limit:
+                    delta.mul_(limit / delta.norm())
+    finally:
+        handle.remove()
+    return delta.detach().cpu(), {"v_steps": steps, "target_nll": nll_value}
