@@ -1,0 +1,127 @@
+"""Every parametric method edits every supported architecture, changes only its own weights, raises
+the target's probability, and is undone bit for bit (weights and method state)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from editgate.architecture import mlp_out
+from editgate.corpora import sample_texts
+from editgate.errors import RunError
+from editgate.manifests import Edit
+from editgate.methods import METHODS, check_hparams, get_method
+from editgate.methods.base import MethodContext
+
+from conftest import ARCHITECTURES
+
+TINY = {
+    "rome": {"stats_samples": 40, "v_steps": 8, "context_templates": 2, "context_length": 4},
+    "memit": {"layers": [1, 2], "stats_samples": 40, "v_steps": 8, "context_templates": 2, "context_length": 4},
+    "alphaedit": {"layers": [1, 2], "stats_samples": 40, "v_steps": 8, "context_templates": 2,
+                  "context_length": 4},
+    "ft": {"layers": [1], "steps": 8, "lr": 1e-2, "norm_constraint": 1e-2},
+}
+EIFFEL = Edit("eiffel", "{} is located in the city of", "The Eiffel Tower", "Rome", "Paris")
+KREMLIN = Edit("kremlin", "{} is located in the city of", "The Kremlin", "London", "Moscow")
+
+
+def context_for(loaded, tmp_path) -> MethodContext:
+    return MethodContext(tmp_path / "cache", loaded.fingerprint,
+                         lambda n: sample_texts("builtin:wiki", "stats", n, 0), "builtin:wiki",
+                         log=lambda _m: None)
+
+
+def target_logprob(model, tokenizer, edit: Edit) -> float:
+    prompt = tokenizer(edit.text)["input_ids"]
+    target = tokenizer(" " + edit.target, add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([prompt + target])
+    with torch.no_grad():
+        logprobs = torch.log_softmax(model(input_ids=ids).logits[0].float(), -1)
+    return float(sum(logprobs[len(prompt) - 1 + j, t] for j, t in enumerate(target)))
+
+
+def test_registry_lists_the_four_parametric_methods():
+    assert {"rome", "memit", "alphaedit", "ft"} <= set(METHODS)
+    assert all(cls.description for cls in METHODS.values())
+
+
+@pytest.mark.parametrize("method", ["rome", "memit", "alphaedit", "ft"])
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_method_edits_and_undoes_exactly(method, arch, load_tiny, tmp_path):
+    loaded = load_tiny(arch)
+    model, tok = loaded.model, loaded.tokenizer
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    editor = get_method(method)(model, tok, context_for(loaded, tmp_path))
+    hparams = editor.default_hparams().updated(TINY[method])
+    logprob_before = target_logprob(model, tok, EIFFEL)
+
+    applied = [editor.apply([EIFFEL], hparams), editor.apply([KREMLIN], hparams)]
+
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed, "the edit changed no weight"
+    assert changed <= set(applied[0].originals) | set(applied[1].originals)
+    assert all(".mlp." in n or "mlp" in n for n in changed), changed
+    assert target_logprob(model, tok, EIFFEL) > logprob_before
+    deltas = applied[1].deltas(model)
+    assert all(d.abs().sum() > 0 for d in deltas.values())
+
+    for edit in reversed(applied):
+        edit.undo(model)
+    for name, param in model.named_parameters():
+        assert torch.equal(param, before[name]), f"{name} not restored bit for bit"
+
+
+def test_rome_update_has_rank_one(load_tiny, tmp_path):
+    loaded = load_tiny("llama")
+    editor = get_method("rome")(loaded.model, loaded.tokenizer, context_for(loaded, tmp_path))
+    applied = editor.apply([EIFFEL], editor.default_hparams().updated(TINY["rome"]))
+    (delta,) = applied.deltas(loaded.model).values()
+    assert int(torch.linalg.matrix_rank(delta)) == 1
+
+
+def test_alphaedit_remembers_earlier_keys_and_forgets_them_on_undo(load_tiny, tmp_path):
+    loaded = load_tiny("gpt2")
+    editor = get_method("alphaedit")(loaded.model, loaded.tokenizer, context_for(loaded, tmp_path))
+    hparams = editor.default_hparams().updated(TINY["alphaedit"])
+    first = editor.apply([EIFFEL], hparams)
+    after_first = {k: v.clone() for k, v in editor.previous_keys.items()}
+    second = editor.apply([KREMLIN], hparams)
+    assert all(not torch.equal(editor.previous_keys[k], after_first[k]) for k in after_first)
+    second.undo(loaded.model)
+    assert all(torch.equal(editor.previous_keys[k], after_first[k]) for k in after_first)
+    first.undo(loaded.model)
+    assert all(float(v.abs().sum()) == 0 for v in editor.previous_keys.values())
+
+
+def test_memit_batch_of_two_edits_moves_both(load_tiny, tmp_path):
+    loaded = load_tiny("qwen2")
+    model, tok = loaded.model, loaded.tokenizer
+    editor = get_method("memit")(model, tok, context_for(loaded, tmp_path))
+    before = [target_logprob(model, tok, e) for e in (EIFFEL, KREMLIN)]
+    editor.apply([EIFFEL, KREMLIN], editor.default_hparams().updated(TINY["memit"]))
+    after = [target_logprob(model, tok, e) for e in (EIFFEL, KREMLIN)]
+    assert after[0] > before[0] and after[1] > before[1]
+
+
+def test_out_of_range_layer_is_reported_before_anything_changes(load_tiny, tmp_path):
+    loaded = load_tiny("gpt_neox")
+    before = {n: p.detach().clone() for n, p in loaded.model.named_parameters()}
+    editor = get_method("memit")(loaded.model, loaded.tokenizer, context_for(loaded, tmp_path))
+    with pytest.raises(RunError, match="out of range"):
+        editor.apply([EIFFEL], editor.default_hparams().updated({**TINY["memit"], "layers": [1, 9]}))
+    assert all(torch.equal(p, before[n]) for n, p in loaded.model.named_parameters())
+
+
+def test_mlp_out_reports_unsupported_architecture_clearly():
+    class NoBlocks(torch.nn.Module):
+        config = type("C", (), {"num_hidden_layers": 2, "hidden_size": 4})()
+
+    with pytest.raises(RunError, match="no list of 2 transformer blocks"):
+        mlp_out(NoBlocks(), 0)
+
+
+def test_hyperparameter_typos_and_types_are_reported():
+    assert "did you mean 'v_lr'" in check_hparams("rome", {"v_rl": 0.1})[0]
+    assert "must be" in check_hparams("memit", {"layers": "3-7"})[0]
+    assert check_hparams("ft", {"lr": 1, "layers": [3]}) == []
