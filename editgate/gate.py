@@ -89,6 +89,7 @@ class Gate:
         # kept on the gate (not only returned) so a crash part-way still leaves a partial report
         self.records = [EditRecord(e, e.method or config.method) for e in edits]
         self.baseline: PerplexityResult | None = None
+        self.applied: list[AppliedEdit] = []  # one per applied batch, in order: undo, diff, export
 
     # -- pieces -------------------------------------------------------------------------------
 
@@ -176,6 +177,7 @@ class Gate:
         method = self.method(records[0].method)
         start = time.perf_counter()
         applied = method.apply([r.edit for r in records], self.hparams(records[0].edit))
+        self.applied.append(applied)
         seconds = time.perf_counter() - start
         for record in records:
             record.edit_seconds = seconds / len(records)
