@@ -15,7 +15,7 @@ from typing import Any, Callable
 import click
 
 import editgate
-from editgate.errors import InputError, RunError
+from editgate.errors import InputError
 
 EXIT_PASSED, EXIT_FAILED, EXIT_INVALID, EXIT_RUN_FAILED = 0, 1, 2, 3
 
@@ -116,7 +116,7 @@ def _run_gate(repo: Path, policy_override: str | None, overrides: dict[str, Any]
         for problem in error.problems:
             log(str(problem))
         return error_document("invalid", EXIT_INVALID, "invalid input", [str(p) for p in error.problems]), EXIT_INVALID
-    except (RunError, MemoryError, RuntimeError, OSError, KeyboardInterrupt) as error:
+    except (Exception, KeyboardInterrupt) as error:  # RunError, OOM, ... and bugs: exit 3 with a report
         message = f"{type(error).__name__}: {error}"
         log(f"the run failed: {message}")
         if os.environ.get("EDITGATE_DEBUG"):

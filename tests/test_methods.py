@@ -125,3 +125,16 @@ def test_hyperparameter_typos_and_types_are_reported():
     assert "did you mean 'v_lr'" in check_hparams("rome", {"v_rl": 0.1})[0]
     assert "must be" in check_hparams("memit", {"layers": "3-7"})[0]
     assert check_hparams("ft", {"lr": 1, "layers": [3]}) == []
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_logits_at_matches_the_full_forward_pass(arch, load_tiny):
+    from editgate.methods.locate import logits_at, pad_batch
+
+    loaded = load_tiny(arch)
+    ids, mask = pad_batch([[5, 6, 7, 8, 9], [10, 11, 12]], 0, "cpu")
+    rows, cols = torch.tensor([0, 0, 1]), torch.tensor([1, 4, 2])
+    with torch.no_grad():
+        full = loaded.model(input_ids=ids, attention_mask=mask).logits[rows, cols].float()
+        picked = logits_at(loaded.model, ids, mask, rows, cols)
+    torch.testing.assert_close(picked, full, rtol=1e-5, atol=1e-5)

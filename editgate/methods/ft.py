@@ -16,7 +16,7 @@ import torch
 from editgate.architecture import mlp_out, num_layers
 from editgate.manifests import Edit
 from editgate.methods.base import AppliedEdit, EditMethod, HParamsBase
-from editgate.methods.locate import pad_batch
+from editgate.methods.locate import logits_at, pad_batch
 from editgate.methods.rome import default_layer
 
 
@@ -52,8 +52,8 @@ class FineTune(EditMethod):
         try:
             for steps in range(1, hparams.steps + 1):
                 optimiser.zero_grad()
-                logits = self.model(input_ids=ids, attention_mask=mask).logits
-                nll = -torch.log_softmax(logits[rows, cols].float(), -1).gather(1, gold[:, None]).mean()
+                logits = logits_at(self.model, ids, mask, rows, cols)
+                nll = -torch.log_softmax(logits, -1).gather(1, gold[:, None]).mean()
                 nll_value = float(nll.detach())
                 if nll_value < hparams.early_stop_nll:
                     break

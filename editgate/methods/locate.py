@@ -93,6 +93,23 @@ def pad_batch(sequences: list[list[int]], pad_id: int, device) -> tuple[torch.Te
     return ids.to(device), mask.to(device)
 
 
+LOGIT_POSTPROCESSING = ("final_logit_softcapping", "logit_scale", "output_multiplier_scale", "logits_scaling")
+
+
+def logits_at(model, ids: torch.Tensor, mask: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """Logits only at the (row, col) positions a loss needs, as float32.
+
+    The vocabulary projection over every position is about a fifth of a small model's forward pass
+    and most of its activation memory; the loss needs a handful of positions. Models that transform
+    logits after the projection (soft-capping, scaling) take the full forward pass instead.
+    """
+    head = model.get_output_embeddings()
+    if head is None or any(getattr(model.config, k, None) not in (None, 1, 1.0) for k in LOGIT_POSTPROCESSING):
+        return model(input_ids=ids, attention_mask=mask).logits[rows, cols].float()
+    hidden = model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
+    return head(hidden[rows, cols]).float()
+
+
 def _subject_batch(tokenizer, edits: list[Edit], templates: list[str]) -> tuple[list[list[int]], list[int]]:
     """Every edit's prompt in every template, tokenized, with the subject's last token index."""
     sequences, positions = [], []
@@ -173,6 +190,8 @@ def optimise_value(model, tokenizer, target: MlpOut, edit: Edit, templates: list
     rows = torch.tensor([r for r in range(n) for _ in target_ids], device=device)
     cols = torch.tensor([len(prompts[r]) - 1 + j for r in range(n) for j in range(len(target_ids))], device=device)
     gold = torch.tensor(target_ids * n, device=device)
+    all_rows = torch.cat([rows, torch.tensor([n], device=device)])  # the target positions, then the KL one
+    all_cols = torch.cat([cols, torch.tensor([len(kl_ids) - 1], device=device)])
     batch_index = torch.arange(len(sequences), device=device)
     width = target.weight.shape[1] if target.transposed else target.weight.shape[0]
     delta = torch.zeros(width, device=device, dtype=torch.float32, requires_grad=True)
@@ -191,9 +210,9 @@ def optimise_value(model, tokenizer, target: MlpOut, edit: Edit, templates: list
     try:
         for steps in range(1, settings.steps + 1):
             optimiser.zero_grad()
-            logits = model(input_ids=ids, attention_mask=mask).logits
-            nll = -torch.log_softmax(logits[rows, cols].float(), dim=-1).gather(1, gold[:, None]).mean()
-            kl_logprobs = torch.log_softmax(logits[n, len(kl_ids) - 1][None].float(), dim=-1)
+            logits = logits_at(model, ids, mask, all_rows, all_cols)
+            nll = -torch.log_softmax(logits[:-1], dim=-1).gather(1, gold[:, None]).mean()
+            kl_logprobs = torch.log_softmax(logits[-1:], dim=-1)
             if kl_reference is None:
                 kl_reference = kl_logprobs.detach()
             kl_loss = F.kl_div(kl_logprobs, kl_reference, log_target=True, reduction="batchmean")
