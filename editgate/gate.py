@@ -1,10 +1,13 @@
-"""The gate: apply edits in order, check perplexity after each, score the edits, reach a verdict.
+"""The gate: apply edits in order, check perplexity after each, confirm with benchmarks at checkpoints,
+score the edits, reach a verdict and name the culprit.
 
-The run is a loop over edits with a cheap check after every `check_every` of them. Perplexity is
-compared to the unedited model's on the same tokenized sample (identical batching, so even bf16
-compares like with like). A NaN, an infinity or a ratio over `collapse_ratio` stops the run at once;
-a ratio over `fail_ratio` fails the gate but the run goes on so the report shows the whole curve.
-The culprit is the first edit whose check crossed a threshold.
+Edits are applied in units (one edit, or a batch for batch methods). After every `check_every` edits
+the perplexity of the check sample is compared to the unedited model's on the same tokenized sample
+(identical batching, so even bf16 compares like with like). A NaN, an infinity or a ratio over
+`collapse_ratio` stops the run at once; a ratio over `fail_ratio` fails the gate but the run goes on
+so the report shows the whole curve. The culprit is the first edit after which a threshold was
+crossed: when a failing check covers several units, the gate bisects inside that window by undoing
+the window's edits exactly (only the weights they wrote) and replaying them with a check after each.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Any, Callable
 import torch
 
 import editgate
+from editgate.baseline import BaselineCache
 from editgate.config import Config
 from editgate.corpora import sample_texts
 from editgate.manifests import Edit
@@ -31,6 +35,7 @@ from editgate.policy import Policy
 
 PASS, WARN, FAIL, COLLAPSE = "pass", "warn", "fail", "collapse"
 STATS_CORPUS = "builtin:wiki"
+SCORE_KEYS = ("efficacy", "generalization", "locality", "efficacy_cf", "generalization_cf")
 
 
 @dataclass
@@ -44,22 +49,39 @@ class EditRecord:
     ratio: float | None = None
     ratio_change: float | None = None  # this check's ratio minus the previous check's
     method_info: dict[str, Any] = field(default_factory=dict)
+    risk: list[str] = field(default_factory=list)  # why the update looked risky before any check
     scores: EditScores | None = None
     edit_seconds: float = 0.0
     check_seconds: float = 0.0
+    found_by_bisection: bool = False
+
+
+@dataclass
+class Checkpoint:
+    """Benchmarks and edit metrics after `edits` edits."""
+
+    edits: int
+    benchmarks: list[dict] = field(default_factory=list)  # TaskComparison dicts
+    edit_metrics: dict[str, float | None] = field(default_factory=dict)
+    seconds: float = 0.0
 
 
 @dataclass
 class GateResult:
     verdict: str  # passed | failed
     reasons: list[str]
+    warnings: list[str]
     culprit: EditRecord | None
     records: list[EditRecord]
     baseline: PerplexityResult
-    scores_summary: dict[str, float | None]
+    baseline_benchmarks: dict[str, dict]
+    checkpoints: list[Checkpoint]
+    scores_summary: dict[str, Any]
     timings: dict[str, float]
     environment: dict[str, Any]
+    cached: list[str]
     stopped_early: bool = False
+    confirmation: dict[str, Any] | None = None
 
 
 def classify(ratio: float, policy: Policy) -> str:
@@ -78,18 +100,23 @@ class Gate:
     """One run of the gate over a loaded model; `run()` returns the result (it never exits)."""
 
     def __init__(self, config: Config, policy: Policy, edits: list[Edit], loaded: LoadedModel,
-                 log: Callable[[str], None] = print):
+                 log: Callable[[str], None] = print, use_cache: bool = True):
         self.config, self.policy, self.edits, self.loaded, self.log = config, policy, edits, loaded, log
         self.context = MethodContext(
             cache_dir=Path(config.cache_path()), model_fingerprint=loaded.fingerprint,
             stats_texts=lambda n: sample_texts(STATS_CORPUS, "stats", n, config.seed),
             stats_corpus_name=STATS_CORPUS, seed=config.seed, log=log)
+        self.cache = BaselineCache(Path(config.cache_path()), loaded.fingerprint, enabled=use_cache)
         self.methods: dict[str, EditMethod] = {}
         self.timings: dict[str, float] = {"model_load": loaded.load_seconds}
+        self.model = loaded.model  # what checks evaluate; a memory method replaces it by its wrapper
         # kept on the gate (not only returned) so a crash part-way still leaves a partial report
         self.records = [EditRecord(e, e.method or config.method) for e in edits]
         self.baseline: PerplexityResult | None = None
-        self.applied: list[AppliedEdit] = []  # one per applied batch, in order: undo, diff, export
+        self.applied: list[AppliedEdit] = []  # one per applied unit, in order: undo, diff, export
+        self.checkpoints: list[Checkpoint] = []
+        self.suite = None
+        self.baseline_benchmarks: dict = {}
 
     # -- pieces -------------------------------------------------------------------------------
 
@@ -105,61 +132,9 @@ class Gate:
         overrides = {**self.config.hparams.get(method.name, {}), **edit.hparams}
         return method.default_hparams().updated(overrides)
 
-    def check_sample(self) -> PerplexitySample:
-        pp = self.policy.perplexity
-        texts = sample_texts(pp.corpus, "perplexity", pp.samples, pp.seed, self.config.root)
-        return PerplexitySample.from_texts(self.loaded.tokenizer, texts, pp.max_tokens, pp.batch_tokens)
-
-    def is_check_point(self, index: int) -> bool:
-        every = self.policy.perplexity.check_every
-        return (index + 1) % every == 0 or index == len(self.edits) - 1
-
-    # -- the run ------------------------------------------------------------------------------
-
-    def run(self) -> GateResult:
-        model = self.loaded.model
-        start = time.perf_counter()
-        sample = self.check_sample()
-        self.log(f"perplexity sample: {len(sample.token_ids)} texts, {sample.scored_tokens} tokens")
-        baseline = self.baseline = perplexity(model, sample)
-        self.timings["baseline_perplexity"] = baseline.seconds
-        self.log(f"baseline perplexity {baseline.token_perplexity:.3f} ({baseline.seconds:.1f}s)")
-        scorer = EditScorer(model, self.loaded.tokenizer, self.edits, self.policy.perplexity.batch_tokens)
-
-        records = self.records
-        previous_ratio, stopped = 1.0, False
-        for batch in self.batches():
-            self.apply([records[i] for i in batch])
-            index, record = batch[-1], records[batch[-1]]
-            for i in batch[:-1]:
-                records[i].status = "unchecked"  # checked together with the batch's last edit
-            if not any(self.is_check_point(i) for i in batch):
-                record.status = "unchecked"
-                continue
-            result = perplexity(model, sample)
-            record.check_seconds = result.seconds
-            record.perplexity = result.token_perplexity
-            record.ratio = result.token_perplexity / baseline.token_perplexity
-            record.ratio_change = record.ratio - previous_ratio if math.isfinite(record.ratio) else math.inf
-            record.status = classify(record.ratio, self.policy)
-            previous_ratio = record.ratio
-            self.log(f"[{index + 1}/{len(records)}] {record.edit.id}: perplexity {record.perplexity:.3f} "
-                     f"(x{record.ratio:.3f}) {record.status}  edit {record.edit_seconds:.1f}s check {result.seconds:.1f}s")
-            if record.status == COLLAPSE:
-                stopped = True
-                self.log(f"collapse after {record.edit.id}: stopping the run")
-                break
-
-        applied = [r for r in records if r.status != "not-run"]
-        if not stopped:
-            for record, scores in zip(applied, scorer.score(model, upto=len(applied))):
-                record.scores = scores
-        self.timings["total_gate"] = time.perf_counter() - start
-        return self.verdict(records, baseline, stopped)
-
-    def batches(self) -> list[list[int]]:
-        """Edit indices grouped into the units a method applies at once: consecutive edits of one
-        manifest with the same method and hyperparameters, up to the method's `batch_size` (ROME: 1)."""
+    def units(self) -> list[list[int]]:
+        """Edit indices grouped into what a method applies at once: consecutive edits of one manifest
+        with the same method and hyperparameters, up to the method's `batch_size` (ROME: 1)."""
         groups: list[list[int]] = []
         for i, edit in enumerate(self.edits):
             size = getattr(self.hparams(edit), "batch_size", 1)
@@ -170,47 +145,250 @@ class Gate:
         return groups
 
     def _same_unit(self, a: Edit, b: Edit) -> bool:
-        return (a.source, a.method or self.config.method, a.hparams) == (b.source, b.method or self.config.method, b.hparams)
+        method = self.config.method
+        return (a.source, a.method or method, a.hparams) == (b.source, b.method or method, b.hparams)
 
-    def apply(self, records: list[EditRecord]) -> AppliedEdit:
-        """Apply one batch of edits (same method and hyperparameters) and time it."""
+    def check_sample(self) -> PerplexitySample:
+        pp = self.policy.perplexity
+        texts = sample_texts(pp.corpus, "perplexity", pp.samples, pp.seed, self.config.root)
+        return PerplexitySample.from_texts(self.loaded.tokenizer, texts, pp.max_tokens, pp.batch_tokens)
+
+    def measure_baseline(self, sample: PerplexitySample) -> PerplexityResult:
+        """The unedited model's perplexity, from the cache when the same tokens were scored before."""
+        parameter = next(self.loaded.model.parameters())
+        parts = {"ids": sample.token_ids, "batch_tokens": sample.batch_tokens, "dtype": str(parameter.dtype),
+                 "device": parameter.device.type}
+        cached = self.cache.get("perplexity", parts)
+        if cached is not None:
+            return PerplexityResult(cached["token_perplexity"], cached["mean_text_perplexity"],
+                                    cached["text_nll"], cached["text_tokens"], 0.0)
+        result = perplexity(self.loaded.model, sample)
+        self.cache.put("perplexity", parts, {k: getattr(result, k) for k in (
+            "token_perplexity", "mean_text_perplexity", "text_nll", "text_tokens")})
+        return result
+
+    def prepare_benchmarks(self) -> None:
+        """Load the suite and its baseline (cached like perplexity); `suite: none` skips benchmarks."""
+        spec = self.policy.benchmarks.suite
+        if spec in ("none", "off"):
+            return
+        from editgate.metrics.benchmarks import TaskResult, load_suite
+
+        start = time.perf_counter()
+        self.suite = load_suite(spec, self.loaded.tokenizer, self.config.root)
+        parameter = next(self.loaded.model.parameters())
+        parts = {"suite": self.suite.fingerprint(), "dtype": str(parameter.dtype), "device": parameter.device.type}
+        cached = self.cache.get("benchmarks", parts)
+        if cached is None:
+            results = self.suite.run(self.loaded.model, self.log)
+            cached = {name: r.to_dict() for name, r in results.items()}
+            self.cache.put("benchmarks", parts, cached)
+        self.baseline_benchmarks = {name: TaskResult.from_dict(r) for name, r in cached.items()}
+        self.timings["baseline_benchmarks"] = time.perf_counter() - start
+
+    def is_check_point(self, unit: list[int]) -> bool:
+        every = self.policy.perplexity.check_every
+        return any((i + 1) % every == 0 or i == len(self.edits) - 1 for i in unit)
+
+    def is_benchmark_point(self, unit: list[int]) -> bool:
+        run_at = self.policy.benchmarks.run_at
+        return isinstance(run_at, int) and any((i + 1) % run_at == 0 for i in unit) and unit[-1] != len(self.edits) - 1
+
+    # -- the run ------------------------------------------------------------------------------
+
+    def run(self, confirm: bool = False) -> GateResult:
+        start = time.perf_counter()
+        sample = self.check_sample()
+        self.log(f"perplexity sample: {len(sample.token_ids)} texts, {sample.scored_tokens} tokens")
+        baseline = self.baseline = self.measure_baseline(sample)
+        self.timings["baseline_perplexity"] = baseline.seconds
+        self.log(f"baseline perplexity {baseline.token_perplexity:.3f} "
+                 + ("(cached)" if "perplexity" in self.cache.hits else f"({baseline.seconds:.1f}s)"))
+        self.prepare_benchmarks()
+        scorer = EditScorer(self.loaded.model, self.loaded.tokenizer, self.edits,
+                            self.policy.perplexity.batch_tokens, cache=self.cache)
+
+        stopped = self.sequence(self.units(), sample, scorer)
+        if not stopped:
+            self.checkpoint(scorer, final=True)
+        self.timings["total_gate"] = time.perf_counter() - start
+        result = self.verdict(stopped)
+        if confirm and result.culprit is not None:
+            result.confirmation = self.confirm(result.culprit, sample)
+        return result
+
+    def sequence(self, units: list[list[int]], sample: PerplexitySample, scorer: EditScorer) -> bool:
+        """Apply `units` in order with checks; returns True when a collapse stopped the run."""
+        window: list[list[int]] = []  # units applied since the last check
+        for unit in units:
+            self.apply(unit)
+            window.append(unit)
+            if not self.is_check_point(unit):
+                for i in unit:
+                    self.records[i].status = "unchecked"
+                continue
+            status = self.check(unit, sample)
+            if status in (FAIL, COLLAPSE) and len(window) > 1:
+                status = self.bisect(window, sample)
+            window = []
+            if status == COLLAPSE:
+                self.log("collapse: stopping the run")
+                return True
+            if self.is_benchmark_point(unit):
+                self.checkpoint(scorer, final=False)
+        return False
+
+    def apply(self, unit: list[int]) -> AppliedEdit:
+        """Apply one unit of edits (same method and hyperparameters) and record what it did."""
+        records = [self.records[i] for i in unit]
         method = self.method(records[0].method)
         start = time.perf_counter()
         applied = method.apply([r.edit for r in records], self.hparams(records[0].edit))
-        self.applied.append(applied)
         seconds = time.perf_counter() - start
+        self.applied.append(applied)
+        if getattr(applied, "model", None) is not None:
+            self.model = applied.model
         for record in records:
             record.edit_seconds = seconds / len(records)
             record.method_info = applied.info
+            record.risk = self.risk(applied.info)
+            record.status = "unchecked"
         return applied
+
+    def risk(self, info: dict[str, Any]) -> list[str]:
+        """Cheap warning signs of a parametric update, known before any check ("Fall of ROME")."""
+        ep, reasons = self.policy.edits, []
+        norms = info.get("relative_update_norm")
+        largest = max(norms.values()) if isinstance(norms, dict) and norms else norms
+        if isinstance(largest, float) and largest > ep.max_relative_update:
+            reasons.append(f"update is {largest:.3f} of the weight's norm (> {ep.max_relative_update})")
+        denominator = info.get("key_denominator_normalised")
+        if isinstance(denominator, float) and denominator < ep.min_key_denominator:
+            reasons.append(f"key denominator k*ᵀC⁻¹k*/d is {denominator:.4f} (< {ep.min_key_denominator})")
+        return reasons
+
+    def check(self, unit: list[int], sample: PerplexitySample) -> str:
+        """Perplexity after `unit`, recorded on its last edit; returns the status."""
+        record = self.records[unit[-1]]
+        result = perplexity(self.model, sample)
+        previous = next((r.ratio for r in reversed(self.records[: unit[-1]]) if r.ratio is not None), 1.0)
+        record.check_seconds = result.seconds
+        record.perplexity = result.token_perplexity
+        record.ratio = result.token_perplexity / self.baseline.token_perplexity
+        record.ratio_change = record.ratio - previous if math.isfinite(record.ratio) else math.inf
+        record.status = classify(record.ratio, self.policy)
+        self.log(f"[{unit[-1] + 1}/{len(self.records)}] {record.edit.id}: perplexity {record.perplexity:.3f} "
+                 f"(x{record.ratio:.3f}) {record.status}  edit {record.edit_seconds:.1f}s check {result.seconds:.1f}s")
+        return record.status
+
+    def bisect(self, window: list[list[int]], sample: PerplexitySample) -> str:
+        """Find the first unit of a failing window: undo the window's units exactly (only the weights
+        they wrote), then replay them one by one with a check after each. Returns the final status."""
+        self.log(f"bisecting {len(window)} units between checks to find the culprit")
+        for _ in window:
+            self.applied.pop().undo(self.loaded.model)
+        status = PASS
+        for unit in window:
+            self.apply(unit)
+            status = self.check(unit, sample)
+            if status in (FAIL, COLLAPSE):
+                for i in unit:
+                    self.records[i].found_by_bisection = True
+                if status == COLLAPSE:
+                    break
+        return status
+
+    def checkpoint(self, scorer: EditScorer, final: bool) -> Checkpoint:
+        """Benchmarks against their baseline and edit metrics for every edit applied so far."""
+        start = time.perf_counter()
+        done = sum(1 for r in self.records if r.status != "not-run")
+        point = Checkpoint(done)
+        if self.suite is not None:
+            from editgate.metrics.benchmarks import compare
+
+            now = self.suite.run(self.model, self.log)
+            point.benchmarks = [c.to_dict() for c in compare(self.baseline_benchmarks, now,
+                                                              self.policy.benchmarks.max_drop)]
+        scores = scorer.score(self.model, upto=done)
+        for record, score in zip(self.records[:done], scores):
+            record.scores = score
+        point.edit_metrics = {k: mean_of([getattr(s, k) for s in scores]) for k in SCORE_KEYS}
+        point.seconds = time.perf_counter() - start
+        self.checkpoints.append(point)
+        self.log(f"checkpoint after {done} edits ({point.seconds:.1f}s): "
+                 + ", ".join(f"{k} {v:.2f}" for k, v in point.edit_metrics.items() if v is not None))
+        return point
+
+    def confirm(self, culprit: EditRecord, sample: PerplexitySample) -> dict[str, Any]:
+        """Re-run the sequence without the culprit (after undoing everything exactly): does the rest pass?"""
+        self.log(f"confirming: re-running without {culprit.edit.id}")
+        while self.applied:
+            self.applied.pop().undo(self.loaded.model)
+        self.model = self.loaded.model
+        skip = self.records.index(culprit)
+        worst, status = 1.0, PASS
+        for unit in self.units():
+            unit = [i for i in unit if i != skip]
+            if not unit:
+                continue
+            applied = self.method(self.records[unit[0]].method).apply(
+                [self.records[i].edit for i in unit], self.hparams(self.records[unit[0]].edit))
+            self.applied.append(applied)
+            if getattr(applied, "model", None) is not None:
+                self.model = applied.model
+            ratio = perplexity(self.model, sample).token_perplexity / self.baseline.token_perplexity
+            worst = max(worst, ratio) if math.isfinite(ratio) else math.inf
+            status = classify(worst, self.policy)
+            if status == COLLAPSE:
+                break
+        passes = status in (PASS, WARN)
+        self.log(f"without {culprit.edit.id}: worst perplexity x{worst:.3f}, the rest {'passes' if passes else 'fails'}")
+        return {"without": culprit.edit.id, "worst_ratio": worst, "status": status, "rest_passes": passes}
 
     # -- the verdict --------------------------------------------------------------------------
 
-    def verdict(self, records: list[EditRecord], baseline: PerplexityResult, stopped: bool) -> GateResult:
-        reasons = []
+    def verdict(self, stopped: bool) -> GateResult:
+        reasons, warnings = [], []
+        records = self.records
+        pp = self.policy.perplexity
         culprit = next((r for r in records if r.status in (FAIL, COLLAPSE)), None)
         if culprit is not None:
-            word = "collapsed the model" if culprit.status == COLLAPSE else "crossed fail_ratio"
+            word = "collapsed the model" if culprit.status == COLLAPSE else f"crossed fail_ratio {pp.fail_ratio}"
             reasons.append(f"edit '{culprit.edit.id}' ({culprit.edit.where}) {word}: perplexity "
-                           f"x{culprit.ratio:.3f} of the base model (fail_ratio {self.policy.perplexity.fail_ratio})")
-        summary = self.summarise_scores(records)
+                           f"x{culprit.ratio:.3f} of the unedited model")
+        warned = [r for r in records if r.status == WARN]
+        if warned:
+            warnings.append(f"{len(warned)} edit(s) crossed warn_ratio {pp.warn_ratio}: "
+                            + ", ".join(r.edit.id for r in warned[:10]))
+        for record in records:
+            if record.risk:
+                warnings.append(f"risky edit '{record.edit.id}' ({record.edit.where}): {'; '.join(record.risk)}")
+        self._benchmark_verdict(reasons, warnings)
+        summary = dict(self.checkpoints[-1].edit_metrics) if self.checkpoints and not stopped else {}
         ep = self.policy.edits
         for key, minimum in (("efficacy", ep.min_efficacy), ("generalization", ep.min_generalization),
                              ("locality", ep.min_locality)):
             value = summary.get(key)
             if value is not None and value < minimum:
                 reasons.append(f"{key} {value:.3f} is below the policy's min_{key} {minimum}")
-        verdict = "failed" if reasons else "passed"
-        return GateResult(verdict, reasons, culprit, records, baseline, summary, dict(self.timings),
-                          environment(self.loaded), stopped)
-
-    @staticmethod
-    def summarise_scores(records: list[EditRecord]) -> dict[str, float | None]:
-        scored = [r.scores for r in records if r.scores is not None]
-        keys = ("efficacy", "generalization", "locality", "efficacy_cf", "generalization_cf")
-        summary: dict[str, Any] = {k: mean_of([getattr(s, k) for s in scored]) for k in keys}
         summary["definition"] = DEFINITION
-        return summary
+        return GateResult("failed" if reasons else "passed", reasons, warnings, culprit, records, self.baseline,
+                          {k: v.to_dict() for k, v in self.baseline_benchmarks.items()}, self.checkpoints,
+                          summary, dict(self.timings), environment(self.loaded), sorted(set(self.cache.hits)),
+                          stopped)
+
+    def _benchmark_verdict(self, reasons: list[str], warnings: list[str]) -> None:
+        fail_on_noise = self.policy.benchmarks.within_noise == "fail"
+        for point in self.checkpoints:
+            for c in point.benchmarks:
+                if not c["failed"]:
+                    continue
+                text = (f"benchmark {c['task']} after {point.edits} edits: {c['metric']} {c['base']:.3f} -> "
+                        f"{c['now']:.3f} (drop {c['drop']:.3f} > max_drop {self.policy.benchmarks.max_drop})")
+                if c["within_noise"] and not fail_on_noise:
+                    warnings.append(text + ", within two standard errors of noise")
+                else:
+                    reasons.append(text + (", within noise" if c["within_noise"] else ""))
 
 
 def environment(loaded: LoadedModel) -> dict[str, Any]:

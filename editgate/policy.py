@@ -38,9 +38,10 @@ class PerplexityPolicy:
 class BenchmarkPolicy:
     """The benchmark suite run at checkpoints; `run_at` is "end" or every N edits."""
 
-    suite: str = "builtin:small"
+    suite: str = "builtin:small"  # or "none" to skip the benchmark suite
     run_at: str | int = "end"
     max_drop: float = 0.05
+    within_noise: str = "warn"  # a drop over max_drop but within two standard errors: warn or fail
 
 
 @dataclass
@@ -50,6 +51,8 @@ class EditPolicy:
     min_efficacy: float = 0.9
     min_generalization: float = 0.5
     min_locality: float = 0.9
+    max_relative_update: float = 0.1  # risk: |dW| / |W| of one edit above this is flagged
+    min_key_denominator: float = 0.1  # risk: k*^T C^-1 k* / key width below this is flagged ("Fall of ROME")
 
 
 @dataclass
@@ -162,6 +165,16 @@ def _text(v: Any) -> str | None:
     return None
 
 
+def _noise(v: Any) -> str | None:
+    return None if v in ("warn", "fail") else 'must be "warn" or "fail"'
+
+
+def _positive_number(v: Any) -> str | None:
+    if not _is_number(v) or not math.isfinite(v) or v <= 0:
+        return "must be a number above 0"
+    return None
+
+
 def _run_at(v: Any) -> str | None:
     if v == "end":
         return None
@@ -176,6 +189,7 @@ _RULES: dict[str, Rule] = {
     "collapse_ratio": _ratio, "seed": _nonnegative_int, "batch_tokens": _positive_int,
     "suite": _text, "run_at": _run_at, "max_drop": _fraction,
     "min_efficacy": _fraction, "min_generalization": _fraction, "min_locality": _fraction,
+    "within_noise": _noise, "max_relative_update": _positive_number, "min_key_denominator": _positive_number,
 }
 
 
@@ -192,7 +206,7 @@ def _parse_section(name: str, data: dict, cls: type, shown_as: str, problems: li
             hint = quote_hint(data, key, value) if _RULES[key] in (_text,) else ""
             problems.append(Problem(shown_as, line, f"{name}.{key} {wrong}, not {_shown(value)}{hint}"))
             continue
-        values[key] = float(value) if _RULES[key] in (_ratio, _fraction) else value
+        values[key] = float(value) if _RULES[key] in (_ratio, _fraction, _positive_number) else value
     return cls(**values)
 
 

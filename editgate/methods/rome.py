@@ -86,5 +86,8 @@ class Rome(EditMethod):
             stored = update.T if target.transposed else update
             weight.add_(stored.to(weight.device, weight.dtype))
         relative = float(update.norm() / target.as_out_in(weight.detach()).float().norm())
-        return {"layer": target.layer, "key_denominator": denominator, "relative_update_norm": relative,
+        # E[k^T C^-1 k] over corpus keys is the key width, so denominator / width near or above 1 is
+        # typical; far below it, u = C^-1 k* / denominator blows up (the "Fall of ROME" failure)
+        return {"layer": target.layer, "key_denominator": denominator,
+                "key_denominator_normalised": denominator / key.numel(), "relative_update_norm": relative,
                 "seconds": time.perf_counter() - start, **trace}

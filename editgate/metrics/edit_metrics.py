@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from editgate.manifests import Edit
-from editgate.metrics.scoring import score_sequences
+from editgate.metrics.scoring import Scored, score_sequences
 
 DEFINITION = ("efficacy/generalization/locality: EasyEdit teacher-forced token accuracy "
               "(locality: argmax agreement with the unedited model); *_cf: CounterFact P(new) > P(true)")
@@ -67,7 +67,7 @@ class EditScorer:
     Locality prompts without a stated answer use the unedited model's greedy next token.
     """
 
-    def __init__(self, model, tokenizer, edits: list[Edit], batch_tokens: int = 2048):
+    def __init__(self, model, tokenizer, edits: list[Edit], batch_tokens: int = 2048, cache=None):
         self.tokenizer = tokenizer
         self.batch_tokens = batch_tokens
         self.edits = [self._fill_locality_answers(model, e) for e in edits]
@@ -75,7 +75,22 @@ class EditScorer:
         encoded = [_encode(tokenizer, q) for q in self.queries]
         self.sequences = [s for s, _ in encoded]
         self.starts = [start for _, start in encoded]
-        self.base = self._score(model)  # the unedited model: locality compares against its argmax
+        self.base = self._base_scores(model, cache)  # the unedited model: locality compares against it
+
+    def _base_scores(self, model, cache) -> list:
+        """The unedited model's scores, from the baseline cache when the same queries were scored before."""
+        parameter = next(model.parameters())
+        parts = {"sequences": self.sequences, "starts": self.starts, "batch_tokens": self.batch_tokens,
+                 "dtype": str(parameter.dtype), "device": parameter.device.type}
+        cached = cache.get("edit-answers", parts) if cache else None
+        if cached is not None:
+            return [Scored(torch.tensor(c["logprobs"]), torch.tensor(c["argmax"]), torch.tensor(c["targets"]))
+                    for c in cached]
+        scored = self._score(model)
+        if cache:
+            cache.put("edit-answers", parts, [{"logprobs": s.logprobs.tolist(), "argmax": s.argmax.tolist(),
+                                               "targets": s.targets.tolist()} for s in scored])
+        return scored
 
     def _fill_locality_answers(self, model, edit: Edit) -> Edit:
         missing = [c for c in edit.locality if not c.answer]

@@ -1,0 +1,205 @@
+"""ROME on tiny real models: what it writes, that it is rank one, undoable, effective, and that its
+covariance statistics are cached on disk and reused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from editgate.architecture import mlp_out
+from editgate.corpora import sample_texts
+from editgate.manifests import Edit
+from editgate.methods import check_hparams, get_method, method_names
+from editgate.methods.base import MethodContext
+from editgate.methods.rome import Rome, RomeHParams, default_layer
+from editgate.methods.statistics import stats_path
+
+from conftest import TINY_ROME
+
+EIFFEL = Edit(id="eiffel-rome", prompt="{} is located in the city of", subject="The Eiffel Tower", target="Rome",
+              ground_truth="Paris")
+KREMLIN = Edit(id="kremlin-london", prompt="{} is in the city of", subject="The Kremlin", target="London")
+
+
+def context(loaded, cache_dir: Path, stats_texts=None, calls: list | None = None) -> MethodContext:
+    def texts(n):
+        if calls is not None:
+            calls.append(n)
+        return sample_texts("builtin:wiki", "stats", n, 0)
+
+    return MethodContext(cache_dir=cache_dir, model_fingerprint=loaded.fingerprint,
+                         stats_texts=stats_texts or texts, stats_corpus_name="builtin:wiki", seed=0,
+                         log=lambda _m: None)
+
+
+def tiny_hparams(method: Rome, **overrides) -> RomeHParams:
+    return method.default_hparams().updated({**TINY_ROME, **overrides})
+
+
+def target_logprob(model, tok, edit: Edit) -> float:
+    """log P(target | prompt), summed over the target's tokens (teacher forced)."""
+    prompt = tok(edit.text)["input_ids"]
+    target = tok(" " + edit.target, add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        logprobs = model(input_ids=torch.tensor([prompt + target])).logits[0].float().log_softmax(-1)
+    return sum(float(logprobs[len(prompt) - 1 + j, t]) for j, t in enumerate(target))
+
+
+def snapshot(model) -> dict[str, torch.Tensor]:
+    return {name: p.detach().clone() for name, p in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])  # tests/test_methods.py covers every architecture
+def test_rome_writes_one_rank_one_update_and_undoes_exactly(arch, load_tiny, tmp_path):
+    loaded = load_tiny(arch, layers=4)
+    model, tok = loaded.model, loaded.tokenizer
+    rome = Rome(model, tok, context(loaded, tmp_path / "cache"))
+    hp = tiny_hparams(rome)
+    assert hp.layer == default_layer(4) == 1
+    expected = mlp_out(model, hp.layer).weight_name
+    before = snapshot(model)
+    logprob_before = target_logprob(model, tok, EIFFEL)
+
+    applied = rome.apply([EIFFEL], hp)
+
+    after = model.state_dict()
+    changed = [name for name in before if not torch.equal(before[name], after[name])]
+    assert changed == [expected]
+    assert list(applied.originals) == [expected] and applied.edit_ids == ["eiffel-rome"]
+    assert torch.equal(applied.originals[expected], before[expected])
+    delta = applied.deltas(model)[expected]
+    assert torch.linalg.matrix_rank(delta).item() == 1
+    singular = torch.linalg.svdvals(delta.double())
+    assert singular[0] > 1e-3 and singular[1] < 1e-4 * singular[0]
+    info = applied.info
+    assert info["layer"] == 1 and info["key_denominator"] > 0 and info["relative_update_norm"] > 0
+    assert 1 <= info["v_steps"] <= TINY_ROME["v_steps"]
+
+    logprob_after = target_logprob(model, tok, EIFFEL)
+    assert logprob_after > logprob_before + 0.01, (logprob_before, logprob_after)
+
+    applied.undo(model)
+    restored = model.state_dict()
+    assert all(torch.equal(before[name], restored[name]) for name in before)
+    assert target_logprob(model, tok, EIFFEL) == pytest.approx(logprob_before, abs=1e-6)
+
+
+def test_rome_update_is_exact_on_the_subject_key(load_tiny, tmp_path):
+    """W' k* = W k* + delta: the edited layer's output at the subject moves by the optimised offset,
+    while keys the statistics call unrelated move far less (per unit of key norm)."""
+    loaded = load_tiny("llama", layers=4)
+    model, tok = loaded.model, loaded.tokenizer
+    rome = Rome(model, tok, context(loaded, tmp_path / "cache"))
+    hp = tiny_hparams(rome, context_templates=0)  # k* is then exactly the key of the prompt itself
+    target = mlp_out(model, hp.layer)
+    ids = tok(EIFFEL.text)["input_ids"]
+    subject_last = len(tok(EIFFEL.subject)["input_ids"]) - 1
+    captured = []
+    handle = target.module.register_forward_pre_hook(lambda _m, inputs: captured.append(inputs[0][0].detach()))
+    with torch.no_grad():
+        model(input_ids=torch.tensor([ids]))
+    handle.remove()
+    keys = captured[0]
+    applied = rome.apply([EIFFEL], hp)
+    delta = target.as_out_in(applied.deltas(model)[target.weight_name]).double()
+    moved = (delta @ keys.double().T).norm(dim=0) / keys.double().norm(dim=1)
+    # the subject's last token moves the most (it is k*); other positions of the prompt much less
+    assert int(moved.argmax()) == subject_last
+    others = torch.cat([moved[:subject_last], moved[subject_last + 1:]])
+    assert moved[subject_last] > 3 * others.max()
+
+
+def test_sequential_edits_each_undo_in_turn(load_tiny, tmp_path):
+    loaded = load_tiny("gpt2", layers=4)
+    model, tok = loaded.model, loaded.tokenizer
+    rome = Rome(model, tok, context(loaded, tmp_path / "cache"))
+    hp = tiny_hparams(rome, v_steps=3)
+    base = snapshot(model)
+    first = rome.apply([EIFFEL], hp)
+    middle = snapshot(model)
+    second = rome.apply([KREMLIN], hp)
+    name = list(first.originals)[0]
+    assert list(second.originals) == [name] and not torch.equal(middle[name], model.state_dict()[name])
+    second.undo(model)
+    assert all(torch.equal(middle[n], p) for n, p in model.state_dict().items())
+    first.undo(model)
+    assert all(torch.equal(base[n], p) for n, p in model.state_dict().items())
+
+
+def test_rome_batch_of_two_edits_records_both(load_tiny, tmp_path):
+    loaded = load_tiny("llama", layers=4)
+    rome = Rome(loaded.model, loaded.tokenizer, context(loaded, tmp_path / "cache"))
+    before = snapshot(loaded.model)
+    applied = rome.apply([EIFFEL, KREMLIN], tiny_hparams(rome, v_steps=3))
+    assert applied.edit_ids == ["eiffel-rome", "kremlin-london"]
+    assert len(applied.info["edits"]) == 2
+    name = list(applied.originals)[0]
+    assert torch.linalg.matrix_rank(applied.deltas(loaded.model)[name]).item() == 2  # two rank-one updates
+    applied.undo(loaded.model)
+    assert all(torch.equal(before[n], p) for n, p in loaded.model.state_dict().items())
+
+
+def test_statistics_are_cached_on_disk_and_reused(load_tiny, tmp_path):
+    loaded = load_tiny("llama", layers=4)
+    cache = tmp_path / "cache"
+    calls: list[int] = []
+    rome = Rome(loaded.model, loaded.tokenizer, context(loaded, cache, calls=calls))
+    hp = tiny_hparams(rome, v_steps=3)
+    path = stats_path(cache, loaded.fingerprint, "builtin:wiki", hp.stats_samples, hp.stats_max_tokens, hp.layer)
+    assert not path.exists()
+    first = rome.apply([EIFFEL], hp)
+    assert calls == [TINY_ROME["stats_samples"]]  # the corpus was read once, for the requested sample
+    assert path.is_file()
+    moment = torch.load(path, weights_only=True)
+    assert moment.shape == (256, 256)
+    assert torch.allclose(moment, moment.T) and torch.linalg.eigvalsh(moment.double()).min() > -1e-6
+    assert not list(path.parent.glob(".partial-*"))  # written atomically
+    edited = snapshot(loaded.model)
+    first.undo(loaded.model)
+
+    def no_corpus(_n):
+        raise AssertionError("the statistics corpus was read although the statistics are cached")
+
+    rome_again = Rome(loaded.model, loaded.tokenizer, context(loaded, cache, stats_texts=no_corpus))
+    rome_again.apply([EIFFEL], hp)
+    # the same statistics and seed give the same edit, bit for bit
+    assert all(torch.equal(edited[n], p) for n, p in loaded.model.state_dict().items())
+
+
+def test_statistics_cache_is_keyed_by_sample_size(load_tiny, tmp_path):
+    loaded = load_tiny("llama", layers=4)
+    cache = tmp_path / "cache"
+    rome = Rome(loaded.model, loaded.tokenizer, context(loaded, cache))
+    rome.apply([EIFFEL], tiny_hparams(rome, v_steps=1))
+    calls: list[int] = []
+    other = Rome(loaded.model, loaded.tokenizer, context(loaded, cache, calls=calls))
+    other.apply([EIFFEL], tiny_hparams(other, stats_samples=20, v_steps=1))
+    assert calls == [20]
+    assert len(list((cache / "stats" / loaded.fingerprint).rglob("layer1.pt"))) == 2
+
+
+def test_rome_rejects_a_layer_out_of_range(load_tiny, tmp_path):
+    from editgate.errors import RunError
+
+    loaded = load_tiny("llama", layers=4)
+    rome = Rome(loaded.model, loaded.tokenizer, context(loaded, tmp_path / "cache"))
+    before = snapshot(loaded.model)
+    with pytest.raises(RunError, match="out of range"):
+        rome.apply([EIFFEL], tiny_hparams(rome, layer=4))
+    assert all(torch.equal(before[n], p) for n, p in loaded.model.state_dict().items())
+
+
+def test_method_registry_and_hparam_checks():
+    assert "rome" in method_names() and get_method("rome") is Rome
+    with pytest.raises(KeyError, match="unknown method"):
+        get_method("nope")
+    assert check_hparams("rome", {"layer": 3, "v_lr": 1, "stats_samples": 10}) == []
+    problems = check_hparams("rome", {"v_stpes": 3, "layer": "five", "clamp_norm_factor": True})
+    assert len(problems) == 3
+    assert "did you mean 'v_steps'" in problems[0]
+
+
+def test_default_layer_scales_with_depth():
+    assert default_layer(2) == 1 and default_layer(12) == 2 and default_layer(30) == 5
