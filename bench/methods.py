@@ -1,0 +1,105 @@
+"""Sequential CounterFact editing through each method on the embedded model (issue 3's evidence).
+
+    python bench/methods.py                 # 50 edits, every method, one subprocess per method
+    python bench/methods.py --edits 5 --methods rome ft
+
+Each method runs in its own process (so its peak memory is its own) on the same first N CounterFact
+records of ../shared/data/counterfact-2k.json, applied one by one. Perplexity (token-weighted, 50
+builtin:wiki texts of up to 128 tokens) is measured after 10 and after N edits; efficacy,
+generalisation and locality (EasyEdit teacher-forced accuracy; CounterFact P(new) > P(true) too) over
+all N edits at the end. Prints one table and writes bench/results/methods.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+
+from _common import CACHE, counterfact_edits, load_embedded, machine, peak_rss_mib, print_table, save_json
+
+METHODS = ["rome", "memit", "alphaedit", "ft"]
+CHECK_AFTER = (10,)
+
+
+def run_one(method: str, n_edits: int) -> dict:
+    """Apply the edits with one method in this process and measure it."""
+    from editgate.corpora import sample_texts
+    from editgate.methods import get_method
+    from editgate.methods.base import MethodContext
+    from editgate.metrics.edit_metrics import EditScorer, mean_of
+    from editgate.metrics.perplexity import PerplexitySample, perplexity
+
+    loaded = load_embedded()
+    model, tok = loaded.model, loaded.tokenizer
+    edits = counterfact_edits(n_edits, method)
+    sample = PerplexitySample.from_texts(tok, sample_texts("builtin:wiki", "perplexity", 50, 0), 128)
+    base = perplexity(model, sample).token_perplexity
+    scorer = EditScorer(model, tok, edits)
+    context = MethodContext(CACHE, loaded.fingerprint, lambda n: sample_texts("builtin:wiki", "stats", n, 0),
+                            "builtin:wiki", log=lambda m: print(f"  [{method}] {m}", file=sys.stderr))
+    editor = get_method(method)(model, tok, context)
+    hparams = editor.default_hparams()
+    # warm-up: statistics, context prefixes and projections are one-off costs (cached on disk after
+    # the first run); apply one edit and undo it exactly, so the timed sequence starts from the base
+    start = time.perf_counter()
+    editor.apply(edits[:1], hparams).undo(model)
+    warmup = time.perf_counter() - start
+    result = _sequence(method, editor, hparams, edits, model, sample, base, scorer, mean_of, perplexity)
+    result["warmup_seconds"] = warmup
+    return result
+
+
+def _sequence(method, editor, hparams, edits, model, sample, base, scorer, mean_of, perplexity) -> dict:
+    ratios, seconds = {}, []
+    for i, edit in enumerate(edits, 1):
+        start = time.perf_counter()
+        editor.apply([edit], hparams)
+        seconds.append(time.perf_counter() - start)
+        if i in CHECK_AFTER or i == len(edits):
+            ratios[i] = perplexity(model, sample).token_perplexity / base
+            print(f"  [{method}] {i} edits: perplexity x{ratios[i]:.3f}, {sum(seconds) / i:.1f} s/edit",
+                  file=sys.stderr)
+    scores = scorer.score(model)
+    summary = {k: mean_of([getattr(s, k) for s in scores])
+               for k in ("efficacy", "generalization", "locality", "efficacy_cf", "generalization_cf")}
+    return {"method": method, "edits": len(edits), "base_perplexity": base, "ratio_after": ratios,
+            "seconds_per_edit": sum(seconds) / len(seconds), "seconds": seconds, **summary,
+            "peak_rss_mib": peak_rss_mib(), "hparams": hparams.__dict__}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--edits", type=int, default=50)
+    parser.add_argument("--methods", nargs="+", default=METHODS)
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one method in this process
+    parser.add_argument("--out", default="methods.json")
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(run_one(args.one, args.edits)))
+        return
+    results = []
+    for method in args.methods:
+        print(f"{method}: {args.edits} sequential edits ...", file=sys.stderr)
+        done = subprocess.run([sys.executable, __file__, "--one", method, "--edits", str(args.edits)],
+                              capture_output=True, text=True)
+        sys.stderr.write(done.stderr[-4000:] if done.returncode else "")
+        if done.returncode:
+            raise SystemExit(f"{method} failed")
+        results.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    last = args.edits
+    headers = ["method", "efficacy", "generalization", "locality", "efficacy (CF)", "ppl ratio @10",
+               f"ppl ratio @{last}", "s/edit", "peak RSS MiB"]
+    rows = [[r["method"], r["efficacy"], r["generalization"], r["locality"], r["efficacy_cf"],
+             r["ratio_after"].get("10"), r["ratio_after"].get(str(last)), r["seconds_per_edit"],
+             round(r["peak_rss_mib"])] for r in results]
+    table = print_table(headers, rows)
+    path = save_json(args.out, {"command": " ".join(sys.argv), "machine": machine(), "edits": args.edits,
+                                "results": results, "table": table})
+    print(f"saved {path}")
+
+
+if __name__ == "__main__":
+    main()
