@@ -74,31 +74,58 @@ def validate(paths: tuple[Path, ...]) -> None:
 @click.option("--device", help="cpu, cuda, cuda:N, multi or auto (overrides editgate.yaml).")
 @click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), help="Overrides editgate.yaml.")
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=Path("editgate-report"),
-              show_default=True, help="Where report.json and report.md are written (always, even on failure).")
+              show_default=True, help="Where report.json, report.md, junit.xml and perplexity.png are written "
+                                      "(always, even on failure).")
+@click.option("--base-ref", metavar="REF",
+              help="Mark the edits that are new relative to this git ref (e.g. origin/main), by content.")
+@click.option("--save-model", type=click.Path(path_type=Path, file_okay=False), metavar="DIR",
+              help="Also save the edited model (safetensors, tokenizer, config) into DIR.")
+@click.option("--save-delta", type=click.Path(path_type=Path, dir_okay=False), metavar="FILE",
+              help="Also save only the changed tensors as an edit pack (see `editgate apply-delta`).")
 @click.option("--quiet", is_flag=True, help="No progress on stderr.")
 def run(repo: Path, policy: str | None, model: str | None, device: str | None, dtype: str | None,
-        out: Path, quiet: bool) -> None:
+        out: Path, base_ref: str | None, save_model: Path | None, save_delta: Path | None, quiet: bool) -> None:
     """Apply every edit in order, check the model after each, and gate on the policy."""
-    from editgate.reports import write_reports
+    from editgate.reports import github, write_reports
 
     log = Progress(quiet)
-    document, code = _run_gate(repo, policy, {"model": model, "device": device, "dtype": dtype}, log)
-    paths = write_reports(document, out)
+    options = RunOptions(base_ref=base_ref, save_model=save_model, save_delta=save_delta)
+    overrides = {"model": model, "device": device, "dtype": dtype}
+    on_github = github.active()
+    if on_github and not quiet:  # the log folds into a group; text from manifests cannot act as commands
+        with github.LogGroup(log):
+            document, code = _run_gate(repo, policy, overrides, log, options)
+    else:
+        document, code = _run_gate(repo, policy, overrides, log, options)
+    paths = write_reports(document, out, log)
     _echo_outcome(document, paths)
+    if on_github:
+        github.publish(document, paths, lambda line: click.echo(line, err=True), repo_dir=repo)
     sys.exit(code)
 
 
+@dataclasses.dataclass
+class RunOptions:
+    base_ref: str | None = None
+    save_model: Path | None = None
+    save_delta: Path | None = None
+
+
 def _run_gate(repo: Path, policy_override: str | None, overrides: dict[str, Any],
-              log: Callable[[str], None]) -> tuple[dict, int]:
+              log: Callable[[str], None], options: RunOptions | None = None) -> tuple[dict, int]:
     """Run the gate and return its report document and exit code; never raises for expected failures."""
     from editgate.reports import build_document, error_document
 
+    options = options or RunOptions()
     gate = None
+    context: dict[str, Any] = {"repository": None, "base_ref": None, "new": None}
     try:
         from editgate.validate import load_inputs
 
         config, policy, edits = load_inputs(repo, policy_override)
         config = _with_overrides(config, overrides)
+        _gather_context(config, edits, options, context, log)
+        _check_outputs(options, config, edits)
         _quiet_libraries()
         from editgate.gate import Gate
         from editgate.models import load_model, set_threads
@@ -110,29 +137,106 @@ def _run_gate(repo: Path, policy_override: str | None, overrides: dict[str, Any]
         log(f"loaded in {loaded.load_seconds:.1f}s ({'cached copy' if loaded.from_cache else 'first load'})")
         gate = Gate(config, policy, edits, loaded, log=log)
         result = gate.run()
+        artifacts = _save_outputs(gate, config, result.verdict, options, log)
         code = EXIT_PASSED if result.verdict == "passed" else EXIT_FAILED
-        return build_document(result, policy, code), code
+        return build_document(result, policy, code, new=context["new"], repository=context["repository"],
+                              base_ref=context["base_ref"], artifacts=artifacts), code
     except InputError as error:
         for problem in error.problems:
             log(str(problem))
-        return error_document("invalid", EXIT_INVALID, "invalid input", [str(p) for p in error.problems]), EXIT_INVALID
+        partial = {k: context[k] for k in ("repository", "base_ref")}
+        return error_document("invalid", EXIT_INVALID, "invalid input", error.problems, partial=partial), EXIT_INVALID
     except (Exception, KeyboardInterrupt) as error:  # RunError, OOM, ... and bugs: exit 3 with a report
         message = f"{type(error).__name__}: {error}"
         log(f"the run failed: {message}")
         if os.environ.get("EDITGATE_DEBUG"):
             traceback.print_exc()
-        return error_document("error", EXIT_RUN_FAILED, message, partial=_partial(gate)), EXIT_RUN_FAILED
+        return error_document("error", EXIT_RUN_FAILED, message, partial=_partial(gate, context)), EXIT_RUN_FAILED
 
 
-def _partial(gate) -> dict[str, Any] | None:
+def _gather_context(config, edits, options: RunOptions, context: dict[str, Any], log: Callable[[str], None]) -> None:
+    """The repository's git address and commit (for links), and with --base-ref which edits are new."""
+    from editgate import vcs
+
+    context["repository"] = vcs.repository_info(config.root)
+    if options.base_ref is None:
+        return
+    base = vcs.edits_at_ref(config.root, config.manifests, config.method, options.base_ref)
+    context["new"] = {edit.id: base.is_new(edit) for edit in edits}
+    context["base_ref"] = base.summary(edits)
+    log(f"--base-ref {options.base_ref} ({base.commit[:12]}): {context['base_ref']['new_edits']} of "
+        f"{len(edits)} edits are new ({len(base.files)} manifest(s) there)")
+
+
+def _check_outputs(options: RunOptions, config, edits) -> None:
+    """--save-model / --save-delta targets are checked before the model is loaded, and so is whether the
+    edits live in the weights at all (memory-based editing keeps them out of the weights)."""
+    from editgate.export import check_model_target
+    from editgate.methods import METHODS
+
+    if options.save_model is None and options.save_delta is None:
+        return
+    outside = [e.id for e in edits if not _writes_weights(METHODS.get(e.method or config.method))]
+    if outside:
+        flag = "--save-model" if options.save_model is not None else "--save-delta"
+        shown = ", ".join(outside[:5]) + (f" and {len(outside) - 5} more" if len(outside) > 5 else "")
+        raise InputError(f"{flag}: edit(s) {shown} use a method that keeps edits out of the weights "
+                         "(memory); saved weights would not contain them")
+    if options.save_model is not None:
+        check_model_target(options.save_model)
+    if options.save_delta is not None and options.save_delta.is_dir():
+        raise InputError(f"--save-delta {options.save_delta}: is a directory; name a file")
+
+
+def _writes_weights(method_class) -> bool:
+    """Whether a method's edits are weight changes (memory-based editing wraps the model instead)."""
+    if method_class is None:
+        return True
+    return bool(getattr(method_class, "writes_weights", method_class.name != "memory"))
+
+
+def _save_outputs(gate, config, verdict: str, options: RunOptions, log: Callable[[str], None]) -> dict[str, Any]:
+    """Write the edited model and/or the edit pack; what was written goes into the report."""
+    from editgate import export
+    from editgate.errors import RunError
+
+    artifacts: dict[str, Any] = {}
+    if options.save_model is None and options.save_delta is None:
+        return artifacts
+    loaded = gate.loaded
+    applied = list(gate.applied)
+    if any(getattr(item, "model", None) is not None for item in applied):
+        raise RunError("an edit wrapped the model instead of changing its weights; nothing can be saved")
+    edit_ids = [edit_id for item in applied for edit_id in item.edit_ids]
+    if options.save_delta is not None:
+        metadata = export.save_delta(options.save_delta, loaded.model, applied, fingerprint=loaded.fingerprint,
+                                     model_spec=config.model, dtype=loaded.dtype, edit_ids=edit_ids)
+        artifacts["delta"] = str(options.save_delta)
+        artifacts["delta_parameters"] = len(metadata["parameters"])
+        log(f"edit pack: {len(metadata['parameters'])} changed tensor(s) in {options.save_delta}")
+    if options.save_model is not None:
+        log(f"saving the edited model into {options.save_model}")
+        export.save_model(options.save_model, loaded.model, loaded.tokenizer, {
+            "base_model": config.model, "base_fingerprint": loaded.fingerprint, "edits": edit_ids,
+            "verdict": verdict, "editgate": editgate.__version__})
+        artifacts["model"] = str(options.save_model)
+    return artifacts
+
+
+def _partial(gate, context: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """What a run had measured before it failed, so the report still shows it."""
+    context = context or {}
+    partial = {k: context[k] for k in ("repository", "base_ref") if context.get(k) is not None}
     if gate is None:
-        return None
-    from editgate.reports.document import _edit_record
+        return partial or None
+    from editgate.reports.document import _clean, _edit_record, _number
 
+    new = context.get("new")
     base = gate.baseline
-    return {"edits": [_edit_record(r) for r in gate.records],
-            "baseline": None if base is None else {"perplexity": base.token_perplexity, "tokens": base.tokens,
+    return {**partial,
+            "edits": [_edit_record(r, None if new is None else new.get(r.edit.id)) for r in gate.records],
+            "policy": {"source": gate.policy.source, **_clean(dataclasses.asdict(gate.policy))},
+            "baseline": None if base is None else {"perplexity": _number(base.token_perplexity), "tokens": base.tokens,
                                                    "texts": len(base.text_tokens)},
             "timings": gate.timings}
 
@@ -171,19 +275,98 @@ def methods() -> None:
 
 @main.command()
 @click.argument("report", type=click.Path(path_type=Path, exists=True, dir_okay=False))
-@click.option("--format", "fmt", type=click.Choice(["md", "json"]), default="md", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["md", "junit", "html", "json"]), default="md", show_default=True)
 def report(report: Path, fmt: str) -> None:
-    """Render a saved report.json again (to stdout)."""
+    """Render a saved report.json again (to stdout): Markdown, JUnit XML, HTML or the JSON itself."""
     import json
 
-    from editgate.reports import render_markdown
+    from editgate.reports import render_junit, render_markdown
+    from editgate.reports.html import render_html
 
     try:
         document = json.loads(report.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as error:
         click.echo(f"{report}: not a report.json ({error})", err=True)
         sys.exit(EXIT_INVALID)
-    click.echo(render_markdown(document) if fmt == "md" else json.dumps(document, indent=2))
+    if not isinstance(document, dict) or "verdict" not in document or "schema_version" not in document:
+        click.echo(f"{report}: not an editgate report.json (no verdict or schema_version)", err=True)
+        sys.exit(EXIT_INVALID)
+    if document["schema_version"] != 1:
+        click.echo(f"{report}: schema version {document['schema_version']!r}; this editgate reads version 1",
+                   err=True)
+        sys.exit(EXIT_INVALID)
+    try:
+        if fmt == "md":
+            text = render_markdown(document)
+        elif fmt == "junit":
+            text = render_junit(document)
+        elif fmt == "html":
+            text = render_html(document, report.parent / "perplexity.png")
+        else:
+            text = json.dumps(document, indent=2)
+    except (KeyError, TypeError, AttributeError) as error:
+        click.echo(f"{report}: malformed report.json ({type(error).__name__}: {error})", err=True)
+        sys.exit(EXIT_INVALID)
+    click.echo(text.rstrip("\n"))
+
+
+@main.command()
+@click.argument("directory", type=click.Path(path_type=Path, file_okay=False), default=Path("."), required=False)
+@click.option("--force", is_flag=True, help="Overwrite files that already exist.")
+def init(directory: Path, force: bool) -> None:
+    """Scaffold a gated repository in DIRECTORY: editgate.yaml, a sample manifest, the policies, the workflow."""
+    from editgate.scaffold import scaffold
+
+    try:
+        written = scaffold(directory, force=force)
+    except InputError as error:
+        _fail_input(error)
+    for path in written:
+        click.echo(f"created {path}")
+    click.echo(f"next: editgate validate {directory}  (then: editgate run --repo {directory})")
+
+
+@main.command("apply-delta")
+@click.option("--model", "model_spec", required=True,
+              help="The base model the edit pack was made from: builtin:NAME, a directory, an id or a .gguf.")
+@click.option("--delta", type=click.Path(path_type=Path, dir_okay=False), required=True,
+              help="The edit pack written by `editgate run --save-delta`.")
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), required=True,
+              help="Directory for the edited model (safetensors, tokenizer, config).")
+@click.option("--device", default="cpu", show_default=True, help="Where to load the model to apply the pack.")
+@click.option("--cache-dir", default="~/.cache/editgate", show_default=True,
+              help="Cache for converted models (GGUF and builtin models).")
+@click.option("--trust-remote-code", is_flag=True, help="Let transformers run the model repository's code.")
+@click.option("--quiet", is_flag=True, help="No progress on stderr.")
+def apply_delta(model_spec: str, delta: Path, out: Path, device: str, cache_dir: str, trust_remote_code: bool,
+                quiet: bool) -> None:
+    """Apply an edit pack to its base model and save the result: the edited weights, bit for bit."""
+    from editgate import export
+
+    log = Progress(quiet)
+    try:
+        tensors, metadata = export.read_pack(delta)
+        export.check_model_target(out)
+        _quiet_libraries()
+        from editgate.models import load_model
+
+        loaded = load_model(model_spec, device=device, dtype=metadata["dtype"],
+                            cache_dir=Path(cache_dir).expanduser(), trust_remote_code=trust_remote_code, log=log)
+        if loaded.fingerprint != metadata.get("base_fingerprint"):
+            log(f"note: {model_spec} has fingerprint {loaded.fingerprint}, the pack was made on "
+                f"{metadata.get('base_fingerprint')}; the changed tensors' base weights are checked exactly")
+        written = export.apply_pack(loaded.model, tensors, metadata)
+        export.save_model(out, loaded.model, loaded.tokenizer, {
+            "base_model": model_spec, "base_fingerprint": loaded.fingerprint, "edits": metadata.get("edits", []),
+            "delta": str(delta), "editgate": editgate.__version__})
+    except InputError as error:
+        _fail_input(error)
+    except (Exception, KeyboardInterrupt) as error:
+        click.echo(f"apply-delta failed: {type(error).__name__}: {error}", err=True)
+        if os.environ.get("EDITGATE_DEBUG"):
+            traceback.print_exc()
+        sys.exit(EXIT_RUN_FAILED)
+    click.echo(f"applied {len(written)} tensor(s) from {delta} to {model_spec}; saved to {out}")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Reports of a run: `report.json` (the record, versioned) and renderings of it (Markdown, ...).
+"""Reports of a run: `report.json` (the record, versioned) and renderings of it (Markdown, JUnit,
+the perplexity chart, HTML), plus the GitHub Actions integration.
 
 Every renderer reads only the JSON document, so `editgate report` can re-render a saved run, and a
 run that fails part-way still gets a report from whatever it had.
@@ -10,20 +11,33 @@ import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 from editgate.reports.document import SCHEMA_VERSION, build_document, error_document
+from editgate.reports.junit import render_junit
 from editgate.reports.markdown import render_markdown
 
-__all__ = ["SCHEMA_VERSION", "build_document", "error_document", "render_markdown", "write_reports",
-           "write_atomic"]
+__all__ = ["SCHEMA_VERSION", "build_document", "error_document", "render_markdown", "render_junit",
+           "write_reports", "write_atomic", "schema_path"]
+
+
+def schema_path() -> Path:
+    """The JSON Schema (draft 2020-12) of report.json, shipped in the package."""
+    return Path(__file__).resolve().parent.parent / "schema" / "report.schema.json"
+
+
+def _temporary(path: Path) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    return tmp
 
 
 def write_atomic(path: Path, text: str) -> None:
     """Write via a temporary file and rename, so readers never see half a report."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    tmp = _temporary(path)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        with open(tmp, "w", encoding="utf-8") as handle:
             handle.write(text)
         os.replace(tmp, path)
     finally:
@@ -31,11 +45,38 @@ def write_atomic(path: Path, text: str) -> None:
             os.remove(tmp)
 
 
-def write_reports(document: dict, out_dir: Path) -> list[Path]:
+def write_reports(document: dict, out_dir: Path, log: Callable[[str], None] | None = None) -> list[Path]:
+    """report.json, report.md, junit.xml and (with matplotlib, when there is a curve) perplexity.png."""
     out_dir = Path(out_dir)
     written = []
-    for name, text in (("report.json", json.dumps(document, indent=2, allow_nan=True, default=str)),
-                       ("report.md", render_markdown(document))):
-        write_atomic(out_dir / name, text)
+    for name, render in (("report.json", lambda d: json.dumps(d, indent=2, allow_nan=True, default=str)),
+                         ("report.md", render_markdown), ("junit.xml", render_junit)):
+        write_atomic(out_dir / name, render(document))
         written.append(out_dir / name)
+    png = _write_plot(document, out_dir / "perplexity.png", log or (lambda _m: None))
+    if png is not None:
+        written.append(png)
+    elif (out_dir / "perplexity.png").exists():  # an earlier run's chart must not pass for this one's
+        (out_dir / "perplexity.png").unlink()
     return written
+
+
+def _write_plot(document: dict, path: Path, log: Callable[[str], None]) -> Path | None:
+    from editgate.reports.plot import can_plot, plot_available, render_plot
+
+    if not can_plot(document):
+        return None
+    if not plot_available():
+        log("perplexity.png skipped: matplotlib is not installed (pip install 'editgate[plot]')")
+        return None
+    tmp = _temporary(path)
+    try:
+        render_plot(document, Path(tmp))
+        os.replace(tmp, path)
+    except Exception as error:  # a chart must never cost the run its reports
+        log(f"perplexity.png skipped: {type(error).__name__}: {error}")
+        return None
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path

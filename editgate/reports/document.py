@@ -1,8 +1,11 @@
 """The report document: one JSON-serialisable dict with every figure of a run.
 
-Schema version 1. Top-level keys: schema_version, verdict (passed | failed | invalid | error), exit_code,
-reasons, culprit, policy, baseline, edits (one record per edit, in order), edit_metrics, timings,
-environment, error.
+Schema version 1, described by `editgate/schema/report.schema.json`. Top-level keys: schema_version,
+created, verdict (passed | failed | invalid | error), exit_code, reasons, problems (invalid input,
+located), culprit, stopped_early, policy, baseline, edits (one record per edit, in order, each with
+`new` relative to --base-ref or null), checks (one per perplexity check and per policy threshold),
+edit_metrics, timings, environment, repository (git address, commit, path; null outside git),
+base_ref (null without --base-ref), artifacts (what --save-model/--save-delta wrote), error.
 """
 
 from __future__ import annotations
@@ -22,10 +25,10 @@ def _number(x: float | None) -> float | str | None:
     return "nan" if math.isnan(x) else ("inf" if x > 0 else "-inf")
 
 
-def _edit_record(record) -> dict[str, Any]:
+def _edit_record(record, new: bool | None = None) -> dict[str, Any]:
     edit = record.edit
     return {
-        "id": edit.id, "file": edit.source, "line": edit.line, "method": record.method,
+        "id": edit.id, "file": edit.source, "line": edit.line, "new": new, "method": record.method,
         "subject": edit.subject, "prompt": edit.text, "target": edit.target, "ground_truth": edit.ground_truth,
         "status": record.status, "perplexity": _number(record.perplexity), "ratio": _number(record.ratio),
         "ratio_change": _number(record.ratio_change),
@@ -49,15 +52,21 @@ def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def build_document(result, policy, exit_code: int) -> dict[str, Any]:
-    """The report of a run that reached a verdict."""
+def build_document(result, policy, exit_code: int, *, new: dict[str, bool] | None = None,
+                   repository: dict[str, Any] | None = None, base_ref: dict[str, Any] | None = None,
+                   artifacts: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The report of a run that reached a verdict.
+
+    `new` maps edit ids to whether they are new relative to `--base-ref` (None: no base ref).
+    """
     culprit = result.culprit
-    return {
+    document = {
         "schema_version": SCHEMA_VERSION,
         "created": _now(),
         "verdict": result.verdict,
         "exit_code": exit_code,
         "reasons": result.reasons,
+        "problems": [],
         "culprit": None if culprit is None else {
             "id": culprit.edit.id, "file": culprit.edit.source, "line": culprit.edit.line,
             "status": culprit.status, "ratio": _number(culprit.ratio)},
@@ -66,23 +75,85 @@ def build_document(result, policy, exit_code: int) -> dict[str, Any]:
         "baseline": {"perplexity": _number(result.baseline.token_perplexity),
                      "mean_text_perplexity": _number(result.baseline.mean_text_perplexity),
                      "tokens": result.baseline.tokens, "texts": len(result.baseline.text_tokens)},
-        "edits": [_edit_record(r) for r in result.records],
+        "edits": [_edit_record(r, None if new is None else new.get(r.edit.id)) for r in result.records],
         "edit_metrics": _clean(result.scores_summary),
         "timings": result.timings,
         "environment": result.environment,
+        "repository": repository,
+        "base_ref": base_ref,
+        "artifacts": artifacts or {},
         "error": None,
     }
+    document["checks"] = checks_of(document)
+    return document
 
 
-def error_document(verdict: str, exit_code: int, message: str, problems: list[str] | None = None,
+def error_document(verdict: str, exit_code: int, message: str, problems: list | None = None,
                    partial: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The report of a run that stopped before a verdict: invalid input (2) or a failed run (3)."""
+    """The report of a run that stopped before a verdict: invalid input (2) or a failed run (3).
+
+    `problems` are the input problems (editgate.errors.Problem, or plain strings); located ones are
+    kept with their file and line too, for CI annotations.
+    """
+    problems = problems or []
     document = {
         "schema_version": SCHEMA_VERSION, "created": _now(), "verdict": verdict, "exit_code": exit_code,
-        "reasons": problems or [message], "culprit": None, "stopped_early": True, "policy": None,
-        "baseline": None, "edits": [], "edit_metrics": None, "timings": {}, "environment": {},
-        "error": message,
+        "reasons": [str(p) for p in problems] or [message],
+        "problems": [_problem(p) for p in problems],
+        "culprit": None, "stopped_early": True, "policy": None,
+        "baseline": None, "edits": [], "checks": [], "edit_metrics": None, "timings": {}, "environment": {},
+        "repository": None, "base_ref": None, "artifacts": {}, "error": message,
     }
     if partial:
         document.update(partial)
+        document["checks"] = checks_of(document)
     return document
+
+
+def _problem(problem) -> dict[str, Any]:
+    if isinstance(problem, str):
+        return {"file": None, "line": None, "message": problem}
+    return {"file": problem.file, "line": problem.line, "message": problem.message}
+
+
+# --- checks ---------------------------------------------------------------------------------------
+
+METRIC_MINIMUMS = (("efficacy", "min_efficacy"), ("generalization", "min_generalization"),
+                   ("locality", "min_locality"))
+
+
+def checks_of(document: dict[str, Any]) -> list[dict[str, Any]]:
+    """One entry per check the verdict rests on: every perplexity check (after the edit it followed)
+    against the policy's ratios, and every edit-metric minimum. Derived from the document alone, so a
+    saved report can be rendered (e.g. as JUnit) the same way."""
+    policy = document.get("policy") or {}
+    pp = policy.get("perplexity") or {}
+    out: list[dict[str, Any]] = []
+    for index, edit in enumerate(document.get("edits") or [], 1):
+        if edit.get("ratio") is None or edit.get("status") not in ("pass", "warn", "fail", "collapse"):
+            continue
+        ratio = edit["ratio"]
+        status = edit["status"]
+        shown = ratio if isinstance(ratio, str) else f"x{ratio:.4f}"
+        limit = {"collapse": ("collapse_ratio", pp.get("collapse_ratio")), "fail": ("fail_ratio", pp.get("fail_ratio")),
+                 "warn": ("warn_ratio", pp.get("warn_ratio"))}.get(status)
+        message = (f"perplexity {shown} of the base model after edit {index} '{edit['id']}'"
+                   + (f", over {limit[0]} {limit[1]}" if limit and not isinstance(ratio, str) else "")
+                   + (" (not finite: the model collapsed)" if isinstance(ratio, str) else ""))
+        out.append({"name": f"perplexity after {edit['id']}", "kind": "perplexity", "edit": edit["id"],
+                    "value": ratio, "threshold": pp.get("fail_ratio"), "status": status, "message": message})
+    metrics = document.get("edit_metrics") or {}
+    minimums = policy.get("edits") or {}
+    for key, policy_key in METRIC_MINIMUMS:
+        if policy_key not in minimums:
+            continue
+        value, minimum = metrics.get(key), minimums[policy_key]
+        if value is None or isinstance(value, str):
+            status, message = "skipped", f"{key}: not measured (no edit has what it needs, or the run stopped early)"
+        elif value < minimum:
+            status, message = "fail", f"{key} {value:.3f} is below the policy's {policy_key} {minimum}"
+        else:
+            status, message = "pass", f"{key} {value:.3f} >= {policy_key} {minimum}"
+        out.append({"name": f"{key} >= {minimum}", "kind": "edit_metric", "edit": None, "value": value,
+                    "threshold": minimum, "status": status, "message": message})
+    return out

@@ -1,14 +1,19 @@
 """`report.md`: what a reviewer reads in ten seconds. Verdict first, then the culprit with its manifest
-file:line, then the edits table and the perplexity curve (a Mermaid chart, which GitHub renders)."""
+file:line (and a link to the line when the repository's address and commit are known), which edits the
+change adds (with --base-ref), then the edits table and the perplexity curve (a Mermaid chart, which
+GitHub renders)."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from editgate.vcs import source_link
+
 ICONS = {"passed": "✅", "failed": "❌", "invalid": "⚠️", "error": "💥"}
 STATUS = {"pass": "✅ pass", "warn": "⚠️ warn", "fail": "❌ fail", "collapse": "💥 collapse",
           "unchecked": "… unchecked", "not-run": "— not run"}
 MAX_BYTES = 1_000_000
+NEW = "🆕"
 
 
 def _fmt(x: Any, digits: int = 3) -> str:
@@ -28,11 +33,15 @@ def render_markdown(doc: dict[str, Any]) -> str:
     lines += [f"- {reason}" for reason in doc.get("reasons") or []]
     culprit = doc.get("culprit")
     if culprit:
+        link = source_link(doc.get("repository"), culprit["file"], culprit["line"])
+        new = next((e.get("new") for e in doc.get("edits") or [] if e.get("id") == culprit["id"]), None)
         lines += ["", f"**Culprit:** `{culprit['id']}` at `{culprit['file']}:{culprit['line']}` "
-                      f"({culprit['status']}, perplexity x{_fmt(culprit['ratio'])})"]
+                      + (f"([source]({link})) " if link else "")
+                      + f"({culprit['status']}, perplexity x{_fmt(culprit['ratio'])})"
+                      + (", new in this change" if new else "")]
     if doc.get("error") and not doc.get("edits"):
         return "\n".join(lines) + "\n"
-    lines += ["", *_summary(doc), "", *_edits_table(doc), "", *_curve(doc)]
+    lines += ["", *_summary(doc), *_new_edits(doc), "", *_edits_table(doc), "", *_curve(doc)]
     text = "\n".join(lines) + "\n"
     if len(text.encode()) > MAX_BYTES:
         text = text.encode()[: MAX_BYTES - 200].decode(errors="ignore")
@@ -60,12 +69,31 @@ def _summary(doc: dict[str, Any]) -> list[str]:
     return out
 
 
+MAX_LISTED_NEW = 20
+
+
+def _new_edits(doc: dict[str, Any]) -> list[str]:
+    """With --base-ref: which edits this change adds (by content; moved or reformatted ones are not new)."""
+    base = doc.get("base_ref")
+    if not base:
+        return []
+    new = [e for e in doc.get("edits", []) if e.get("new")]
+    head = (f"**New in this change** (compared with `{base['ref']}` at {base['commit'][:12]}): "
+            f"{len(new)} of {len(doc.get('edits', []))} edits")
+    if not new:
+        return ["", head + "."]
+    listed = ", ".join(f"`{e['id']}` ({STATUS.get(e['status'], e['status'])})" for e in new[:MAX_LISTED_NEW])
+    more = f", and {len(new) - MAX_LISTED_NEW} more" if len(new) > MAX_LISTED_NEW else ""
+    return ["", f"{head}: {listed}{more}. Marked {NEW} below."]
+
+
 def _edits_table(doc: dict[str, Any]) -> list[str]:
     out = ["| # | edit | where | method | status | perplexity | ratio | Δ ratio | efficacy | general. | locality |",
            "|---|---|---|---|---|---|---|---|---|---|---|"]
     for i, e in enumerate(doc.get("edits", []), 1):
         m = e.get("metrics") or {}
-        out.append(f"| {i} | `{e['id']}` | `{e['file']}:{e['line']}` | {e['method']} | {STATUS.get(e['status'], e['status'])} "
+        mark = f"{NEW} " if e.get("new") else ""
+        out.append(f"| {i} | {mark}`{e['id']}` | `{e['file']}:{e['line']}` | {e['method']} | {STATUS.get(e['status'], e['status'])} "
                    f"| {_fmt(e['perplexity'])} | {_fmt(e['ratio'])} | {_fmt(e['ratio_change'], 4)} "
                    f"| {_pct(m.get('efficacy'))} | {_pct(m.get('generalization'))} | {_pct(m.get('locality'))} |")
     return out
