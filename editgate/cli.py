@@ -82,14 +82,18 @@ def validate(paths: tuple[Path, ...]) -> None:
               help="Also save the edited model (safetensors, tokenizer, config) into DIR.")
 @click.option("--save-delta", type=click.Path(path_type=Path, dir_okay=False), metavar="FILE",
               help="Also save only the changed tensors as an edit pack (see `editgate apply-delta`).")
+@click.option("--confirm", is_flag=True, help="On failure, re-run without the culprit and report whether the rest passes.")
+@click.option("--no-cache", is_flag=True, help="Measure the unedited model's figures again instead of reading the cache.")
 @click.option("--quiet", is_flag=True, help="No progress on stderr.")
 def run(repo: Path, policy: str | None, model: str | None, device: str | None, dtype: str | None,
-        out: Path, base_ref: str | None, save_model: Path | None, save_delta: Path | None, quiet: bool) -> None:
+        out: Path, base_ref: str | None, save_model: Path | None, save_delta: Path | None, confirm: bool,
+        no_cache: bool, quiet: bool) -> None:
     """Apply every edit in order, check the model after each, and gate on the policy."""
     from editgate.reports import github, write_reports
 
     log = Progress(quiet)
-    options = RunOptions(base_ref=base_ref, save_model=save_model, save_delta=save_delta)
+    options = RunOptions(base_ref=base_ref, save_model=save_model, save_delta=save_delta, confirm=confirm,
+                         use_cache=not no_cache)
     overrides = {"model": model, "device": device, "dtype": dtype}
     on_github = github.active()
     if on_github and not quiet:  # the log folds into a group; text from manifests cannot act as commands
@@ -109,6 +113,8 @@ class RunOptions:
     base_ref: str | None = None
     save_model: Path | None = None
     save_delta: Path | None = None
+    confirm: bool = False
+    use_cache: bool = True
 
 
 def _run_gate(repo: Path, policy_override: str | None, overrides: dict[str, Any],
@@ -135,8 +141,8 @@ def _run_gate(repo: Path, policy_override: str | None, overrides: dict[str, Any]
         loaded = load_model(config.model, device=config.device, dtype=config.dtype,
                             cache_dir=config.cache_path(), trust_remote_code=config.trust_remote_code, log=log)
         log(f"loaded in {loaded.load_seconds:.1f}s ({'cached copy' if loaded.from_cache else 'first load'})")
-        gate = Gate(config, policy, edits, loaded, log=log)
-        result = gate.run()
+        gate = Gate(config, policy, edits, loaded, log=log, use_cache=options.use_cache)
+        result = gate.run(confirm=options.confirm)
         artifacts = _save_outputs(gate, config, result.verdict, options, log)
         code = EXIT_PASSED if result.verdict == "passed" else EXIT_FAILED
         return build_document(result, policy, code, new=context["new"], repository=context["repository"],
@@ -257,6 +263,40 @@ def _echo_outcome(document: dict, paths: list[Path]) -> None:
     for reason in document.get("reasons") or []:
         click.echo(f"  {reason}")
     click.echo(f"report: {', '.join(str(p) for p in paths)}")
+
+
+@main.command()
+@click.option("--repo", type=click.Path(path_type=Path, file_okay=False), default=Path("."), show_default=True)
+@click.option("--policy", help="A policy file, or builtin:default|strict|lenient (overrides editgate.yaml).")
+@click.option("--model", help="Model (overrides editgate.yaml).")
+@click.option("--device", help="cpu, cuda, cuda:N, multi or auto (overrides editgate.yaml).")
+@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]))
+@click.option("--quiet", is_flag=True, help="No progress on stderr.")
+def baseline(repo: Path, policy: str | None, model: str | None, device: str | None, dtype: str | None,
+             quiet: bool) -> None:
+    """Measure and cache the unedited model's figures (perplexity, benchmarks, pre-edit answers)."""
+    from editgate.validate import load_inputs
+
+    log = Progress(quiet)
+    try:
+        config, policy_, edits = load_inputs(repo, policy)
+        config = _with_overrides(config, {"model": model, "device": device, "dtype": dtype})
+        _quiet_libraries()
+        from editgate.gate import Gate
+        from editgate.models import load_model, set_threads
+
+        set_threads(config.threads)
+        loaded = load_model(config.model, device=config.device, dtype=config.dtype,
+                            cache_dir=config.cache_path(), trust_remote_code=config.trust_remote_code, log=log)
+        gate = Gate(config, policy_, edits, loaded, log=log)
+        gate.prepare()
+    except InputError as error:
+        _fail_input(error)
+    except (RunError, MemoryError, RuntimeError, OSError) as error:
+        click.echo(f"the run failed: {type(error).__name__}: {error}", err=True)
+        sys.exit(EXIT_RUN_FAILED)
+    cached = ", ".join(gate.cache.hits) or "nothing (all measured now)"
+    click.echo(f"baseline cached under {gate.cache.root} (already cached: {cached})")
 
 
 @main.command()

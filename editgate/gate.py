@@ -196,8 +196,8 @@ class Gate:
 
     # -- the run ------------------------------------------------------------------------------
 
-    def run(self, confirm: bool = False) -> GateResult:
-        start = time.perf_counter()
+    def prepare(self) -> tuple[PerplexitySample, EditScorer]:
+        """The unedited model's figures, measured or read from the cache: what every run compares to."""
         sample = self.check_sample()
         self.log(f"perplexity sample: {len(sample.token_ids)} texts, {sample.scored_tokens} tokens")
         baseline = self.baseline = self.measure_baseline(sample)
@@ -207,7 +207,11 @@ class Gate:
         self.prepare_benchmarks()
         scorer = EditScorer(self.loaded.model, self.loaded.tokenizer, self.edits,
                             self.policy.perplexity.batch_tokens, cache=self.cache)
+        return sample, scorer
 
+    def run(self, confirm: bool = False) -> GateResult:
+        start = time.perf_counter()
+        sample, scorer = self.prepare()
         stopped = self.sequence(self.units(), sample, scorer)
         if not stopped:
             self.checkpoint(scorer, final=True)
@@ -287,11 +291,15 @@ class Gate:
         self.log(f"bisecting {len(window)} units between checks to find the culprit")
         for _ in window:
             self.applied.pop().undo(self.loaded.model)
+        culprit_found = False
         status = PASS
-        for unit in window:
+        for position, unit in enumerate(window):
             self.apply(unit)
+            if culprit_found and position < len(window) - 1:
+                continue  # the culprit is known: replay the rest and check once, at the window's end
             status = self.check(unit, sample)
-            if status in (FAIL, COLLAPSE):
+            if status in (FAIL, COLLAPSE) and not culprit_found:
+                culprit_found = True
                 for i in unit:
                     self.records[i].found_by_bisection = True
                 if status == COLLAPSE:

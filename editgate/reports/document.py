@@ -34,6 +34,8 @@ def _edit_record(record, new: bool | None = None) -> dict[str, Any]:
         "ratio_change": _number(record.ratio_change),
         "metrics": record.scores.to_dict() if record.scores else None,
         "method_info": _clean(record.method_info),
+        "risk": list(record.risk),
+        "found_by_bisection": record.found_by_bisection,
         "seconds": {"edit": record.edit_seconds, "check": record.check_seconds},
     }
 
@@ -77,6 +79,11 @@ def build_document(result, policy, exit_code: int, *, new: dict[str, bool] | Non
                      "tokens": result.baseline.tokens, "texts": len(result.baseline.text_tokens)},
         "edits": [_edit_record(r, None if new is None else new.get(r.edit.id)) for r in result.records],
         "edit_metrics": _clean(result.scores_summary),
+        "warnings": list(result.warnings),
+        "benchmarks": {"baseline": _clean(result.baseline_benchmarks),
+                       "checkpoints": [_clean(dataclasses.asdict(c)) for c in result.checkpoints]},
+        "cached": list(result.cached),
+        "confirmation": _clean(result.confirmation),
         "timings": result.timings,
         "environment": result.environment,
         "repository": repository,
@@ -101,7 +108,8 @@ def error_document(verdict: str, exit_code: int, message: str, problems: list | 
         "reasons": [str(p) for p in problems] or [message],
         "problems": [_problem(p) for p in problems],
         "culprit": None, "stopped_early": True, "policy": None,
-        "baseline": None, "edits": [], "checks": [], "edit_metrics": None, "timings": {}, "environment": {},
+        "baseline": None, "edits": [], "checks": [], "edit_metrics": None, "warnings": [],
+        "benchmarks": None, "cached": [], "confirmation": None, "timings": {}, "environment": {},
         "repository": None, "base_ref": None, "artifacts": {}, "error": message,
     }
     if partial:
@@ -120,6 +128,10 @@ def _problem(problem) -> dict[str, Any]:
 
 METRIC_MINIMUMS = (("efficacy", "min_efficacy"), ("generalization", "min_generalization"),
                    ("locality", "min_locality"))
+
+
+def _fmt_num(x: Any) -> str:
+    return x if isinstance(x, str) else f"{x:.3f}"
 
 
 def checks_of(document: dict[str, Any]) -> list[dict[str, Any]]:
@@ -142,6 +154,14 @@ def checks_of(document: dict[str, Any]) -> list[dict[str, Any]]:
                    + (" (not finite: the model collapsed)" if isinstance(ratio, str) else ""))
         out.append({"name": f"perplexity after {edit['id']}", "kind": "perplexity", "edit": edit["id"],
                     "value": ratio, "threshold": pp.get("fail_ratio"), "status": status, "message": message})
+    for point in (document.get("benchmarks") or {}).get("checkpoints", []):
+        for c in point.get("benchmarks", []):
+            status = "fail" if c["failed"] else "pass"
+            noise = ", within two standard errors of noise" if c["within_noise"] and c["failed"] else ""
+            out.append({"name": f"benchmark {c['task']} after {point['edits']} edits", "kind": "benchmark",
+                        "edit": None, "value": c["now"], "threshold": (policy.get("benchmarks") or {}).get("max_drop"),
+                        "status": status, "message": f"{c['metric']} {_fmt_num(c['base'])} -> {_fmt_num(c['now'])} "
+                                                     f"(drop {_fmt_num(c['drop'])}){noise}"})
     metrics = document.get("edit_metrics") or {}
     minimums = policy.get("edits") or {}
     for key, policy_key in METRIC_MINIMUMS:

@@ -41,12 +41,47 @@ def render_markdown(doc: dict[str, Any]) -> str:
                       + (", new in this change" if new else "")]
     if doc.get("error") and not doc.get("edits"):
         return "\n".join(lines) + "\n"
-    lines += ["", *_summary(doc), *_new_edits(doc), "", *_edits_table(doc), "", *_curve(doc)]
+    lines += ["", *_summary(doc), *_new_edits(doc), *_warnings(doc), "", *_edits_table(doc), "", *_curve(doc),
+              *_benchmarks(doc), *_confirmation(doc)]
     text = "\n".join(lines) + "\n"
     if len(text.encode()) > MAX_BYTES:
         text = text.encode()[: MAX_BYTES - 200].decode(errors="ignore")
         text += "\n\n… report cut at 1 MB; report.json has every figure.\n"
     return text
+
+
+def _warnings(doc: dict[str, Any]) -> list[str]:
+    warnings = doc.get("warnings") or []
+    out = ["", "**Warnings:**", *[f"- {w}" for w in warnings[:50]]] if warnings else []
+    if len(warnings) > 50:
+        out.append(f"- … and {len(warnings) - 50} more in report.json")
+    if doc.get("cached"):
+        out += ["", f"Baseline from the cache: {', '.join(doc['cached'])} (not measured again)."]
+    return out
+
+
+def _benchmarks(doc: dict[str, Any]) -> list[str]:
+    bench = doc.get("benchmarks") or {}
+    points = bench.get("checkpoints") or []
+    if not any(p.get("benchmarks") for p in points):
+        return []
+    out = ["", "Benchmarks before and after:", "", "| after edits | task | metric | before | after | drop | verdict |",
+           "|---|---|---|---|---|---|---|"]
+    for point in points:
+        for c in point.get("benchmarks", []):
+            verdict = ("❌ fail" if c["failed"] else "✅ pass") + (" (within noise)" if c["failed"] and c["within_noise"] else "")
+            out.append(f"| {point['edits']} | {c['task']} | {c['metric']} | {_fmt(c['base'])} | {_fmt(c['now'])} "
+                       f"| {_fmt(c['drop'])} | {verdict} |")
+    return out
+
+
+def _confirmation(doc: dict[str, Any]) -> list[str]:
+    c = doc.get("confirmation")
+    if not c:
+        return []
+    rest = "passes" if c["rest_passes"] else "still fails"
+    return ["", f"**Confirmation:** without `{c['without']}` the rest of the sequence {rest} "
+                f"(worst perplexity x{_fmt(c['worst_ratio'])})."]
 
 
 def _summary(doc: dict[str, Any]) -> list[str]:
