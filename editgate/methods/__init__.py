@@ -13,9 +13,10 @@ from typing import Any
 from editgate.methods.base import AppliedEdit, EditMethod
 from editgate.methods.ft import FineTune
 from editgate.methods.memit import AlphaEdit, Memit
+from editgate.methods.memory import MemoryEditor
 from editgate.methods.rome import Rome
 
-METHODS: dict[str, type[EditMethod]] = {cls.name: cls for cls in (Rome, Memit, AlphaEdit, FineTune)}
+METHODS: dict[str, type[EditMethod]] = {cls.name: cls for cls in (Rome, Memit, AlphaEdit, FineTune, MemoryEditor)}
 
 __all__ = ["AppliedEdit", "EditMethod", "METHODS", "method_names", "get_method", "check_hparams"]
 
@@ -49,6 +50,9 @@ def check_hparams(method: str, hparams: dict[str, Any]) -> list[str]:
                 f"hyperparameter {key!r} of method {method!r} must be {_describe(expected)}, "
                 f"not {type(value).__name__} {value!r}"
             )
+    value_check = getattr(METHODS[method].HParams, "value_problems", None)
+    if not problems and value_check is not None:  # values only once every key and type is right
+        problems.extend(value_check(hparams))
     return problems
 
 

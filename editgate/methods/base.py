@@ -26,6 +26,9 @@ class AppliedEdit:
     originals: dict[str, torch.Tensor]
     info: dict[str, Any] = field(default_factory=dict)
     on_undo: list[Callable[[], None]] = field(default_factory=list, repr=False)  # method state to restore
+    # the model to evaluate from now on, when the method wraps the base model instead of writing to it
+    # (memory: a MemoryModel routing inputs to stored edits); None: the base model itself
+    model: torch.nn.Module | None = field(default=None, repr=False)
 
     def undo(self, model: torch.nn.Module) -> None:
         """Restore every written parameter (and the method's own state) exactly; undo in reverse order."""
