@@ -92,7 +92,7 @@ def run(repo: Path, policy: str | None, model: str | None, device: str | None, d
     from editgate.reports import github, write_reports
 
     log = Progress(quiet)
-    options = RunOptions(base_ref=base_ref, save_model=save_model, save_delta=save_delta, confirm=confirm,
+    options = RunOptions(base_ref=base_ref, save_model=save_model, save_delta=save_delta, confirm=confirm, out=out,
                          use_cache=not no_cache)
     overrides = {"model": model, "device": device, "dtype": dtype}
     on_github = github.active()
@@ -115,6 +115,7 @@ class RunOptions:
     save_delta: Path | None = None
     confirm: bool = False
     use_cache: bool = True
+    out: Path | None = None  # the report directory: memory.json goes beside the reports
 
 
 def _run_gate(repo: Path, policy_override: str | None, overrides: dict[str, Any],
@@ -144,6 +145,7 @@ def _run_gate(repo: Path, policy_override: str | None, overrides: dict[str, Any]
         gate = Gate(config, policy, edits, loaded, log=log, use_cache=options.use_cache)
         result = gate.run(confirm=options.confirm)
         artifacts = _save_outputs(gate, config, result.verdict, options, log)
+        artifacts.update(_save_memory(gate, options, log))
         code = EXIT_PASSED if result.verdict == "passed" else EXIT_FAILED
         return build_document(result, policy, code, new=context["new"], repository=context["repository"],
                               base_ref=context["base_ref"], artifacts=artifacts), code
@@ -199,6 +201,20 @@ def _writes_weights(method_class) -> bool:
     if method_class is None:
         return True
     return bool(getattr(method_class, "writes_weights", method_class.name != "memory"))
+
+
+def _save_memory(gate, options: RunOptions, log: Callable[[str], None]) -> dict[str, Any]:
+    """The memory method's edits, encoder and threshold as memory.json beside the reports, with how
+    its scope classifier routes the perplexity sample (false positives) and the paraphrases."""
+    editor = gate.methods.get("memory")
+    if editor is None or getattr(editor, "memory", None) is None or options.out is None:
+        return {}
+    from editgate.methods.memory import routing_figures
+
+    path = editor.save_memory(Path(options.out) / "memory.json")
+    figures = routing_figures(editor.memory, gate.check_texts, [r.edit for r in gate.records if r.method == "memory"])
+    log(f"memory: saved {path}; perplexity texts routed to an edit: {figures.get('false_positive_rate')}")
+    return {"memory": str(path), "memory_routing": figures}
 
 
 def _save_outputs(gate, config, verdict: str, options: RunOptions, log: Callable[[str], None]) -> dict[str, Any]:

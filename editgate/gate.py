@@ -117,6 +117,7 @@ class Gate:
         self.checkpoints: list[Checkpoint] = []
         self.suite = None
         self.baseline_benchmarks: dict = {}
+        self.check_texts: list[str] = []
 
     # -- pieces -------------------------------------------------------------------------------
 
@@ -150,7 +151,7 @@ class Gate:
 
     def check_sample(self) -> PerplexitySample:
         pp = self.policy.perplexity
-        texts = sample_texts(pp.corpus, "perplexity", pp.samples, pp.seed, self.config.root)
+        texts = self.check_texts = sample_texts(pp.corpus, "perplexity", pp.samples, pp.seed, self.config.root)
         return PerplexitySample.from_texts(self.loaded.tokenizer, texts, pp.max_tokens, pp.batch_tokens)
 
     def measure_baseline(self, sample: PerplexitySample) -> PerplexityResult:

@@ -44,6 +44,13 @@ def shared_file(name: str) -> Path:
     return path
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Back to one thread before every test: `editgate run` in-process sets torch's thread count from
+    the repository's config (all cores by default) and that would leak into later tests."""
+    torch.set_num_threads(1)
+
+
 @pytest.fixture
 def all_threads():
     """Every available core for the duration of a test on the real model."""
@@ -171,6 +178,8 @@ perplexity:
   warn_ratio: {warn_ratio}
   fail_ratio: {fail_ratio}
   collapse_ratio: {collapse_ratio}
+benchmarks:
+  suite: none  # the perplexity gate alone: fast, and no benchmark noise from a random model
 edits:
   min_efficacy: 0.0
   min_generalization: 0.0

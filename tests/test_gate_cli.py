@@ -7,7 +7,6 @@ import math
 import re
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -136,6 +135,8 @@ perplexity:
   warn_ratio: 1.0
   fail_ratio: 1.0000001
   collapse_ratio: 1000.0
+benchmarks:
+  suite: none
 edits:
   min_efficacy: 0.0
   min_generalization: 0.0

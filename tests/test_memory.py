@@ -349,3 +349,8 @@ def test_gate_runs_the_memory_method_end_to_end(tiny_repo, tiny_model_dir, tmp_p
     assert doc["edits"][-1]["method_info"]["stored_edits"] == 3
     assert all(e["metrics"]["efficacy"] is not None for e in doc["edits"])
     assert tree_digest(tiny_model_dir("llama", 4)) == model_files
+    # the memory is saved beside the reports, with the routing figures in the report
+    saved = json.loads((out / "memory.json").read_text())
+    assert len(saved["entries"]) == 3 and saved["threshold"] == 0.97
+    routing = doc["artifacts"]["memory_routing"]
+    assert routing["false_positive_rate"] == 0.0 and routing["stored_edits"] == 3
