@@ -84,11 +84,11 @@ def main() -> None:
     for method in args.methods:
         print(f"{method}: {args.edits} sequential edits ...", file=sys.stderr)
         done = subprocess.run([sys.executable, __file__, "--one", method, "--edits", str(args.edits)],
-                              capture_output=True, text=True)
-        sys.stderr.write(done.stderr[-4000:] if done.returncode else "")
+                              stdout=subprocess.PIPE, text=True)  # progress streams to stderr
         if done.returncode:
             raise SystemExit(f"{method} failed")
         results.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        save_json(args.out + ".partial", {"results": results})  # survive an interrupted run
     last = args.edits
     headers = ["method", "efficacy", "generalization", "locality", "efficacy (CF)", "ppl ratio @10",
                f"ppl ratio @{last}", "s/edit", "peak RSS MiB"]
