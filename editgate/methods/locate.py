@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from editgate.architecture import MlpOut, block_list
 from editgate.manifests import Edit
 from editgate.methods.statistics import cached_second_moments
+from editgate.metrics.scoring import pad_right
 
 CONTEXT_SEEDS = ("The", "Therefore", "Because", "I", "You")
 
@@ -84,12 +85,7 @@ def subject_last_index(tokenizer, text: str, subject_end: int) -> int:
 
 def pad_batch(sequences: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-padded ids and attention mask: real tokens never attend to right padding."""
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for row, seq in enumerate(sequences):
-        ids[row, : len(seq)] = torch.tensor(seq)
-        mask[row, : len(seq)] = 1
+    ids, mask = pad_right(sequences, pad_id)
     return ids.to(device), mask.to(device)
 
 

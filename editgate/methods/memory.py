@@ -54,6 +54,7 @@ import torch.nn.functional as F
 from editgate.errors import InputError, RunError
 from editgate.manifests import Edit, LocalityCheck
 from editgate.methods.base import AppliedEdit, EditMethod, HParamsBase
+from editgate.metrics.scoring import pad_right
 
 FORMAT = "editgate-memory"
 FORMAT_VERSION = 1
@@ -226,12 +227,7 @@ class MiniLmEncoder(Encoder):
         out = torch.empty((len(texts), self.dim), dtype=torch.float32)
         pad = self.tokenizer.pad_token_id or 0
         for batch in self._batches([len(e) for e in encoded]):
-            width = max(len(encoded[i]) for i in batch)
-            ids = torch.full((len(batch), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, i in enumerate(batch):
-                ids[row, : len(encoded[i])] = torch.tensor(encoded[i])
-                mask[row, : len(encoded[i])] = 1
+            ids, mask = pad_right([encoded[i] for i in batch], pad)
             with torch.inference_mode():
                 hidden = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
                                     token_type_ids=torch.zeros_like(ids).to(self.device)).last_hidden_state

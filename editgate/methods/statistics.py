@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from editgate.architecture import mlp_out
-from editgate.metrics.scoring import batches_by_length
+from editgate.metrics.scoring import batches_by_length, pad_right
 
 
 class _StopForward(Exception):
@@ -53,12 +53,7 @@ def key_second_moments(model, tokenizer, layers: list[int], texts: list[str], ma
     start, done = time.perf_counter(), 0
     try:
         for batch in batches_by_length([len(e) for e in encoded], batch_tokens):
-            width = max(len(encoded[i]) for i in batch)
-            ids = torch.full((len(batch), width), tokenizer.pad_token_id or 0, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for row, i in enumerate(batch):
-                ids[row, : len(encoded[i])] = torch.tensor(encoded[i])
-                mask[row, : len(encoded[i])] = 1
+            ids, mask = pad_right([encoded[i] for i in batch], tokenizer.pad_token_id or 0)
             current_mask[:] = [mask.to(device)]
             with torch.inference_mode():
                 try:

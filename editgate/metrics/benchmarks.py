@@ -42,6 +42,7 @@ from typing import Any, Callable
 import torch
 
 from editgate.errors import InputError, Problem, RunError
+from editgate.metrics.perplexity import safe_exp
 from editgate.metrics.scoring import score_sequences
 from editgate.yamlio import describe, line_of, load_yaml, unknown_key
 
@@ -251,7 +252,7 @@ class Task:
             hits = [bool(s.greedy_hits.all()) for s in scored]
             nll = sum(float(-s.logprobs.double().sum()) for s in scored)
             tokens = sum(len(s.logprobs) for s in scored)
-            values["perplexity"] = _exp(nll / tokens)
+            values["perplexity"] = safe_exp(nll / tokens)
             stderrs["perplexity"] = None
             if self.output_type == "continuation":
                 values["acc"] = sum(hits) / len(hits)
@@ -273,15 +274,6 @@ def _argmax(values: list[float]) -> int:
         if not math.isnan(v) and (best_i < 0 or v > best):
             best, best_i = v, i
     return best_i
-
-
-def _exp(x: float) -> float:
-    if math.isnan(x):
-        return math.nan
-    try:
-        return math.exp(x)
-    except OverflowError:
-        return math.inf
 
 
 # --- suites --------------------------------------------------------------------------------------

@@ -59,12 +59,12 @@ def perplexity(model: torch.nn.Module, sample: PerplexitySample) -> PerplexityRe
                              sample.batch_tokens, sample.pad_id)
     nll = [float(-s.logprobs.double().sum()) for s in scored]
     counts = [len(s.logprobs) for s in scored]
-    return PerplexityResult(_exp(sum(nll) / sum(counts)),
-                            sum(_exp(n / c) for n, c in zip(nll, counts)) / len(counts),
+    return PerplexityResult(safe_exp(sum(nll) / sum(counts)),
+                            sum(safe_exp(n / c) for n, c in zip(nll, counts)) / len(counts),
                             nll, counts, time.perf_counter() - start)
 
 
-def _exp(x: float) -> float:
+def safe_exp(x: float) -> float:
     """exp that turns overflow and NaN into inf/nan instead of raising: a collapsed model is a verdict."""
     if math.isnan(x):
         return math.nan

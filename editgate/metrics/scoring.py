@@ -42,18 +42,24 @@ def batches_by_length(lengths: list[int], batch_tokens: int) -> list[list[int]]:
     return batches
 
 
+def pad_right(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids padded on the right to the longest sequence, and the attention mask (CPU tensors)."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        mask[row, : len(seq)] = 1
+    return ids, mask
+
+
 def score_sequences(model: torch.nn.Module, sequences: list[list[int]], score_from: list[int],
                     batch_tokens: int = 2048, pad_id: int = 0) -> list[Scored]:
     """Score tokens `score_from[i]`.. of each sequence (score_from >= 1: the first token has no prefix)."""
     device = next(model.parameters()).device
     results: list[Scored | None] = [None] * len(sequences)
     for batch in batches_by_length([len(s) for s in sequences], batch_tokens):
-        width = max(len(sequences[i]) for i in batch)
-        ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, i in enumerate(batch):
-            ids[row, : len(sequences[i])] = torch.tensor(sequences[i])
-            mask[row, : len(sequences[i])] = 1
+        ids, mask = pad_right([sequences[i] for i in batch], pad_id)
         with torch.inference_mode():
             logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
             for row, i in enumerate(batch):
