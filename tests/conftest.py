@@ -228,6 +228,27 @@ def yaml_hparams(hparams: dict) -> str:
     return "{" + items + "}"
 
 
+def write_repo(repo: Path, model_dir: Path, cache_dir: Path, manifests: dict[str, str], policy: str,
+               rome: dict | None = None, threads: int = 1) -> Path:
+    """A gated repository on a tiny model: editgate.yaml, policies/default.yaml and the manifests."""
+    write(repo / "editgate.yaml", textwrap.dedent(f"""\
+        model: {model_dir}
+        device: cpu
+        dtype: float32
+        method: rome
+        hparams:
+          rome: {yaml_hparams({**TINY_ROME, **(rome or {})})}
+        manifests: edits/**/*.yaml
+        policy: policies/default.yaml
+        cache_dir: {cache_dir}
+        threads: {threads}
+        """))
+    write(repo / "policies" / "default.yaml", policy)
+    for relative, text in manifests.items():
+        write(repo / relative, text)
+    return repo
+
+
 @pytest.fixture
 def tiny_repo(tmp_path, tiny_model_dir) -> Callable[..., Path]:
     """Factory: tiny_repo(**options) -> a gate repository in tmp whose model is a tiny Llama.
@@ -240,25 +261,10 @@ def tiny_repo(tmp_path, tiny_model_dir) -> Callable[..., Path]:
     def make(*, arch: str = "llama", layers: int = 4, manifests: dict[str, str] | None = None,
              warn_ratio: float = 5.0, fail_ratio: float = 10.0, collapse_ratio: float = 100.0,
              policy: str | None = None, rome: dict | None = None, name: str = "repo") -> Path:
-        repo = tmp_path / name
-        model_dir = tiny_model_dir(arch, layers)
-        write(repo / "editgate.yaml", textwrap.dedent(f"""\
-            model: {model_dir}
-            device: cpu
-            dtype: float32
-            method: rome
-            hparams:
-              rome: {yaml_hparams({**TINY_ROME, **(rome or {})})}
-            manifests: edits/**/*.yaml
-            policy: policies/default.yaml
-            cache_dir: {tmp_path / "cache"}
-            threads: 1
-            """))
-        write(repo / "policies" / "default.yaml", policy or LENIENT_POLICY.format(
-            warn_ratio=warn_ratio, fail_ratio=fail_ratio, collapse_ratio=collapse_ratio))
-        for relative, text in (manifests or {"edits/2026-01-01-a.yaml": EDITS_A,
-                                             "edits/2026-01-02-b.yaml": EDITS_B}).items():
-            write(repo / relative, text)
-        return repo
+        policy_text = policy or LENIENT_POLICY.format(warn_ratio=warn_ratio, fail_ratio=fail_ratio,
+                                                      collapse_ratio=collapse_ratio)
+        return write_repo(tmp_path / name, tiny_model_dir(arch, layers), tmp_path / "cache",
+                          manifests or {"edits/2026-01-01-a.yaml": EDITS_A, "edits/2026-01-02-b.yaml": EDITS_B},
+                          policy_text, rome)
 
     return make

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import textwrap
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from editgate.cli import main
 from editgate.errors import Problem
 from editgate.reports import error_document, render_junit, render_markdown, schema_path, write_reports
 
-from conftest import EDITS_A, EDITS_B, LENIENT_POLICY, TINY_ROME, write, yaml_hparams
+from conftest import EDITS_A, EDITS_B, LENIENT_POLICY, write, write_repo
 
 SCHEMA = json.loads(schema_path().read_text(encoding="utf-8"))
 
@@ -49,22 +48,7 @@ edits:
 
 def make_repo(root: Path, model_dir: Path, manifests: dict[str, str], policy: str, rome: dict | None = None) -> Path:
     """A gated repository like conftest's tiny_repo, for module-scoped runs."""
-    write(root / "editgate.yaml", textwrap.dedent(f"""\
-        model: {model_dir}
-        device: cpu
-        dtype: float32
-        method: rome
-        hparams:
-          rome: {yaml_hparams({**TINY_ROME, **(rome or {})})}
-        manifests: edits/**/*.yaml
-        policy: policies/default.yaml
-        cache_dir: {root.parent / "cache"}
-        threads: 2
-        """))
-    write(root / "policies" / "default.yaml", policy)
-    for relative, text in manifests.items():
-        write(root / relative, text)
-    return root
+    return write_repo(root, model_dir, root.parent / "cache", manifests, policy, rome, threads=2)
 
 
 def run_cli(*args: str, env: dict | None = None):
