@@ -7,7 +7,10 @@ Each method runs in its own process (so its peak memory is its own) on the same 
 records of ../shared/data/counterfact-2k.json, applied one by one. Perplexity (token-weighted, 50
 builtin:wiki texts of up to 128 tokens) is measured after 10 and after N edits; efficacy,
 generalisation and locality (EasyEdit teacher-forced accuracy; CounterFact P(new) > P(true) too) over
-all N edits at the end. Prints one table and writes bench/results/methods.json.
+all N edits at the end. For `memory` (which wraps the model instead of writing to it) the checks run on
+the wrapped model, and two figures only it has are added: the share of those perplexity texts routed
+to an edit (false positives) and the share of paraphrases routed to their own edit with the
+paraphrase's own key held out. Prints one table and writes bench/results/methods.json.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import time
 
 from _common import CACHE, counterfact_edits, load_embedded, machine, peak_rss_mib, print_table, save_json
 
-METHODS = ["rome", "memit", "alphaedit", "ft"]
+METHODS = ["rome", "memit", "alphaedit", "ft", "memory"]
 CHECK_AFTER = (10,)
 
 
@@ -49,20 +52,25 @@ def run_one(method: str, n_edits: int) -> dict:
     warmup = time.perf_counter() - start
     result = _sequence(method, editor, hparams, edits, model, sample, base, scorer, mean_of, perplexity)
     result["warmup_seconds"] = warmup
+    if method == "memory":
+        from editgate.methods.memory import routing_figures
+
+        result["routing"] = routing_figures(editor.memory, sample_texts("builtin:wiki", "perplexity", 50, 0), edits)
     return result
 
 
 def _sequence(method, editor, hparams, edits, model, sample, base, scorer, mean_of, perplexity) -> dict:
-    ratios, seconds = {}, []
+    ratios, seconds, checked = {}, [], model
     for i, edit in enumerate(edits, 1):
         start = time.perf_counter()
-        editor.apply([edit], hparams)
+        applied = editor.apply([edit], hparams)
         seconds.append(time.perf_counter() - start)
+        checked = applied.model or model  # memory wraps the base model; parametric methods write to it
         if i in CHECK_AFTER or i == len(edits):
-            ratios[i] = perplexity(model, sample).token_perplexity / base
+            ratios[i] = perplexity(checked, sample).token_perplexity / base
             print(f"  [{method}] {i} edits: perplexity x{ratios[i]:.3f}, {sum(seconds) / i:.1f} s/edit",
                   file=sys.stderr)
-    scores = scorer.score(model)
+    scores = scorer.score(checked)
     summary = {k: mean_of([getattr(s, k) for s in scores])
                for k in ("efficacy", "generalization", "locality", "efficacy_cf", "generalization_cf")}
     return {"method": method, "edits": len(edits), "base_perplexity": base, "ratio_after": ratios,
@@ -91,10 +99,11 @@ def main() -> None:
         save_json(args.out + ".partial", {"results": results})  # survive an interrupted run
     last = args.edits
     headers = ["method", "efficacy", "generalization", "locality", "efficacy (CF)", "ppl ratio @10",
-               f"ppl ratio @{last}", "s/edit", "peak RSS MiB"]
+               f"ppl ratio @{last}", "s/edit", "peak RSS MiB", "routing FP rate", "paraphrase routing"]
     rows = [[r["method"], r["efficacy"], r["generalization"], r["locality"], r["efficacy_cf"],
              r["ratio_after"].get("10"), r["ratio_after"].get(str(last)), r["seconds_per_edit"],
-             round(r["peak_rss_mib"])] for r in results]
+             round(r["peak_rss_mib"]), r.get("routing", {}).get("false_positive_rate"),
+             r.get("routing", {}).get("paraphrase_accuracy_held_out")] for r in results]
     table = print_table(headers, rows)
     path = save_json(args.out, {"command": " ".join(sys.argv), "machine": machine(), "edits": args.edits,
                                 "results": results, "table": table})

@@ -102,3 +102,143 @@ def test_strict_policy_fails_the_demo_and_names_the_culprit(tmp_path):
     assert markdown.startswith("## ❌ editgate: failed")
     assert f"`{where}`" in markdown
     assert where in proc.stdout  # the reason line printed by the CLI names it too
+
+
+# --- sparse checks name the same culprit (issue 5) ------------------------------------------------
+
+CULPRIT_MANIFEST = """\
+edits:
+  - id: eiffel-tower-city
+    prompt: "{} is located in the city of"
+    subject: The Eiffel Tower
+    target: Rome
+  - id: kremlin-city
+    prompt: "{} is located in the city of"
+    subject: The Kremlin
+    target: London
+  - id: overdriven-taj-mahal
+    prompt: "{} is located in the country of"
+    subject: The Taj Mahal
+    target: Egypt
+    # no norm clamp, a huge step, no KL or weight decay: the update swamps the layer
+    hparams: {clamp_norm_factor: 1000, v_lr: 50, v_weight_decay: 0, kl_factor: 0}
+  - id: microsoft-founder
+    prompt: "{} was founded by"
+    subject: Microsoft
+    target: Steve Jobs
+  - id: messi-sport
+    prompt: "{} plays the sport of"
+    subject: Lionel Messi
+    target: tennis
+"""
+
+CULPRIT_POLICY = """\
+perplexity:
+  corpus: builtin:wiki
+  samples: 40
+  max_tokens: 128
+  check_every: {check_every}
+  warn_ratio: 1.10
+  fail_ratio: 1.50
+  collapse_ratio: 10.0
+benchmarks:
+  suite: none
+edits:
+  min_efficacy: 0.0
+  min_generalization: 0.0
+  min_locality: 0.0
+"""
+
+
+def repo_from_demo(tmp_path: Path, name: str, manifests: dict[str, str], policy: str, method: str = "rome") -> Path:
+    """The demo's configuration with other manifests, policy or method."""
+    if not DEMO.is_dir():
+        pytest.skip(f"the demo repository {DEMO} is absent")
+    repo = tmp_path / name
+    (repo / "edits").mkdir(parents=True)
+    (repo / "policies").mkdir()
+    config = (DEMO / "editgate.yaml").read_text(encoding="utf-8").replace("method: rome", f"method: {method}")
+    (repo / "editgate.yaml").write_text(config, encoding="utf-8")
+    (repo / "policies" / "default.yaml").write_text(policy, encoding="utf-8")
+    for relative, text in manifests.items():
+        (repo / relative).write_text(text, encoding="utf-8")
+    return repo
+
+
+def test_checking_every_fifth_edit_names_the_same_culprit_as_every_edit(tmp_path):
+    docs = {}
+    for every in (1, 5):
+        repo = repo_from_demo(tmp_path, f"every-{every}", {"edits/2026-11-20-moves.yaml": CULPRIT_MANIFEST},
+                              CULPRIT_POLICY.format(check_every=every))
+        proc = editgate_run(repo, tmp_path / f"report-{every}")
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        docs[every] = json.loads((tmp_path / f"report-{every}" / "report.json").read_text(encoding="utf-8"))
+    dense, sparse = docs[1], docs[5]
+    assert dense["culprit"]["id"] == sparse["culprit"]["id"] == "overdriven-taj-mahal"
+    assert dense["culprit"]["line"] == sparse["culprit"]["line"] == 10
+    ratios = {e["id"]: e["ratio"] for e in dense["edits"]}
+    assert ratios["kremlin-city"] < 1.5 < ratios["overdriven-taj-mahal"]  # a real collapse, not noise
+    assert {e["id"] for e in sparse["edits"] if e["found_by_bisection"]} == {"overdriven-taj-mahal"}
+
+
+# --- the memory method on the embedded model (issue 4) --------------------------------------------
+
+
+def test_memory_method_gates_the_demo_and_leaves_the_weights_alone(tmp_path, monkeypatch, all_threads):
+    """In process, so the loaded model itself can be compared with its state before the run."""
+    import torch
+    from click.testing import CliRunner
+
+    import editgate.models as models
+    from editgate.cli import main
+    from editgate.methods.memory import EditMemory
+
+    if not DEMO.is_dir():
+        pytest.skip(f"the demo repository {DEMO} is absent")
+    repo = tmp_path / "demo"
+    shutil.copytree(DEMO, repo)
+    config = repo / "editgate.yaml"
+    config.write_text(config.read_text(encoding="utf-8").replace("method: rome", "method: memory"), encoding="utf-8")
+    seen = {}
+    real_load = models.load_model
+
+    def load_and_remember(*args, **kwargs):
+        loaded = real_load(*args, **kwargs)
+        seen["model"] = loaded.model
+        seen["before"] = {k: v.detach().clone() for k, v in loaded.model.state_dict().items()}
+        return loaded
+
+    monkeypatch.setattr(models, "load_model", load_and_remember)
+    out = tmp_path / "report"
+    result = CliRunner().invoke(main, ["run", "--repo", str(repo), "--out", str(out), "--quiet"])
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    doc = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    assert result.exit_code == 0, doc.get("reasons")
+    after = seen["model"].state_dict()
+    assert all(torch.equal(seen["before"][k], after[k]) for k in seen["before"])  # bit-identical weights
+    assert all(e["method"] == "memory" and e["ratio"] <= 1.10 for e in doc["edits"])
+    assert doc["edit_metrics"]["efficacy"] >= 0.8 and doc["edit_metrics"]["locality"] >= 0.8
+    routing = doc["artifacts"]["memory_routing"]
+    assert routing["stored_edits"] == 10 and routing["false_positive_rate"] is not None
+    # the saved memory loads again and routes each edit's own prompt to that edit
+    saved = EditMemory.read(out / "memory.json")
+    assert [e["edit"]["id"] for e in saved["entries"]] == [e["id"] for e in doc["edits"]]
+
+
+def test_memory_method_gates_fifty_counterfact_edits(tmp_path):
+    from conftest import shared_file
+
+    records = json.loads(shared_file("counterfact-2k.json").read_text(encoding="utf-8"))[:50]
+    policy = CULPRIT_POLICY.format(check_every=10).replace("min_efficacy: 0.0", "min_efficacy: 0.5")
+    repo = repo_from_demo(tmp_path, "counterfact", {"edits/counterfact-50.json": json.dumps(records, indent=1)},
+                          policy, method="memory")
+    config = repo / "editgate.yaml"
+    config.write_text(config.read_text(encoding="utf-8").replace("edits/**/*.yaml", "edits/*.json"), encoding="utf-8")
+    proc = editgate_run(repo, tmp_path / "report")
+    doc = json.loads((tmp_path / "report" / "report.json").read_text(encoding="utf-8"))
+    assert proc.returncode == 0, (doc.get("reasons"), proc.stdout[-2000:])
+    assert len(doc["edits"]) == 50 and all(e["method"] == "memory" for e in doc["edits"])
+    assert max(e["ratio"] for e in doc["edits"] if e["ratio"] is not None) <= 1.10
+    assert doc["edit_metrics"]["efficacy"] >= 0.5
+    assert doc["artifacts"]["memory_routing"]["stored_edits"] == 50
