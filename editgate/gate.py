@@ -28,6 +28,7 @@ from editgate.corpora import sample_texts
 from editgate.manifests import Edit
 from editgate.methods import AppliedEdit, get_method
 from editgate.methods.base import EditMethod, MethodContext
+from editgate.metrics.check import CheckResult, PerplexityCheck
 from editgate.metrics.edit_metrics import DEFINITION, EditScorer, EditScores, mean_of
 from editgate.metrics.perplexity import PerplexityResult, PerplexitySample, perplexity
 from editgate.models import LoadedModel
@@ -54,6 +55,7 @@ class EditRecord:
     edit_seconds: float = 0.0
     check_seconds: float = 0.0
     found_by_bisection: bool = False
+    check: CheckResult | None = None  # how the check after this edit was made (texts, interval, layers)
 
 
 @dataclass
@@ -113,6 +115,7 @@ class Gate:
         # kept on the gate (not only returned) so a crash part-way still leaves a partial report
         self.records = [EditRecord(e, e.method or config.method) for e in edits]
         self.baseline: PerplexityResult | None = None
+        self.checker: PerplexityCheck | None = None
         self.applied: list[AppliedEdit] = []  # one per applied unit, in order: undo, diff, export
         self.checkpoints: list[Checkpoint] = []
         self.suite = None
@@ -152,12 +155,13 @@ class Gate:
     def check_sample(self) -> PerplexitySample:
         pp = self.policy.perplexity
         texts = self.check_texts = sample_texts(pp.corpus, "perplexity", pp.samples, pp.seed, self.config.root)
-        return PerplexitySample.from_texts(self.loaded.tokenizer, texts, pp.max_tokens, pp.batch_tokens)
+        return PerplexitySample.from_texts(self.loaded.tokenizer, texts, pp.max_tokens, pp.batch_tokens, pp.seed)
 
     def measure_baseline(self, sample: PerplexitySample) -> PerplexityResult:
         """The unedited model's perplexity, from the cache when the same tokens were scored before."""
         parameter = next(self.loaded.model.parameters())
-        parts = {"ids": sample.token_ids, "batch_tokens": sample.batch_tokens, "dtype": str(parameter.dtype),
+        parts = {"ids": sample.token_ids, "chunks": sample.chunks, "batch_tokens": sample.batch_tokens,
+                 "dtype": str(parameter.dtype),
                  "device": parameter.device.type}
         cached = self.cache.get("perplexity", parts)
         if cached is not None:
@@ -205,6 +209,8 @@ class Gate:
         self.timings["baseline_perplexity"] = baseline.seconds
         self.log(f"baseline perplexity {baseline.token_perplexity:.3f} "
                  + ("(cached)" if "perplexity" in self.cache.hits else f"({baseline.seconds:.1f}s)"))
+        self.checker = PerplexityCheck(sample, baseline, self.policy.perplexity, lambda r: classify(r, self.policy),
+                                       self.log)
         self.prepare_benchmarks()
         scorer = EditScorer(self.loaded.model, self.loaded.tokenizer, self.edits,
                             self.policy.perplexity.batch_tokens, cache=self.cache)
@@ -275,16 +281,24 @@ class Gate:
     def check(self, unit: list[int], sample: PerplexitySample) -> str:
         """Perplexity after `unit`, recorded on its last edit; returns the status."""
         record = self.records[unit[-1]]
-        result = perplexity(self.model, sample)
+        result = record.check = self.measure_check()
         previous = next((r.ratio for r in reversed(self.records[: unit[-1]]) if r.ratio is not None), 1.0)
         record.check_seconds = result.seconds
-        record.perplexity = result.token_perplexity
-        record.ratio = result.token_perplexity / self.baseline.token_perplexity
+        record.perplexity = result.perplexity
+        record.ratio = result.ratio
         record.ratio_change = record.ratio - previous if math.isfinite(record.ratio) else math.inf
         record.status = classify(record.ratio, self.policy)
+        how = (f", {result.texts}/{result.total_texts} texts decided it" if result.stopped_early else "") + (
+            f", blocks {result.from_layer}+" if result.from_layer else "")
         self.log(f"[{unit[-1] + 1}/{len(self.records)}] {record.edit.id}: perplexity {record.perplexity:.3f} "
-                 f"(x{record.ratio:.3f}) {record.status}  edit {record.edit_seconds:.1f}s check {result.seconds:.1f}s")
+                 f"(x{record.ratio:.3f}) {record.status}  edit {record.edit_seconds:.1f}s "
+                 f"check {result.seconds:.1f}s{how}")
         return record.status
+
+    def measure_check(self) -> CheckResult:
+        """The check on the model as it is now (see metrics/check.py for what makes it cheap)."""
+        written = [name for applied in self.applied for name in applied.originals]
+        return self.checker.run(self.model, self.loaded.model, written)
 
     def bisect(self, window: list[list[int]], sample: PerplexitySample) -> str:
         """Find the first unit of a failing window: undo the window's units exactly (only the weights
@@ -345,7 +359,7 @@ class Gate:
             self.applied.append(applied)
             if getattr(applied, "model", None) is not None:
                 self.model = applied.model
-            ratio = perplexity(self.model, sample).token_perplexity / self.baseline.token_perplexity
+            ratio = self.measure_check().ratio
             worst = max(worst, ratio) if math.isfinite(ratio) else math.inf
             status = classify(worst, self.policy)
             if status == COLLAPSE:

@@ -32,6 +32,8 @@ class PerplexityPolicy:
     collapse_ratio: float = 10.0
     seed: int = 0
     batch_tokens: int = 2048
+    early_stop: bool = True  # stop a check once part of the sample settles its status (metrics/check.py)
+    prefix_cache: bool = True  # run only the blocks from the lowest edited one up (metrics/prefix.py)
 
 
 @dataclass
@@ -171,6 +173,10 @@ def _noise(v: Any) -> str | None:
     return None if v in ("warn", "fail") else 'must be "warn" or "fail"'
 
 
+def _boolean(v: Any) -> str | None:
+    return None if isinstance(v, bool) else "must be true or false"
+
+
 def _positive_number(v: Any) -> str | None:
     if not _is_number(v) or not math.isfinite(v) or v <= 0:
         return "must be a number above 0"
@@ -189,6 +195,7 @@ _RULES: dict[str, Rule] = {
     "corpus": _text, "samples": _positive_int, "max_tokens": _positive_int,
     "check_every": _positive_int, "warn_ratio": _ratio, "fail_ratio": _ratio,
     "collapse_ratio": _ratio, "seed": _nonnegative_int, "batch_tokens": _positive_int,
+    "early_stop": _boolean, "prefix_cache": _boolean,
     "suite": _text, "run_at": _run_at, "max_drop": _fraction,
     "min_efficacy": _fraction, "min_generalization": _fraction, "min_locality": _fraction,
     "within_noise": _noise, "max_relative_update": _positive_number, "min_key_denominator": _positive_number,

@@ -37,7 +37,16 @@ def _edit_record(record, new: bool | None = None) -> dict[str, Any]:
         "risk": list(record.risk),
         "found_by_bisection": record.found_by_bisection,
         "seconds": {"edit": record.edit_seconds, "check": record.check_seconds},
+        "check": _check(record.check),
     }
+
+
+def _check(check) -> dict[str, Any] | None:
+    if check is None:
+        return None
+    interval = [_number(x) for x in check.interval] if check.interval else None
+    return {"texts": check.texts, "of": check.total_texts, "stopped_early": check.stopped_early,
+            "interval": interval, "from_layer": check.from_layer}
 
 
 def _clean(value: Any) -> Any:

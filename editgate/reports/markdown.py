@@ -129,9 +129,22 @@ def _edits_table(doc: dict[str, Any]) -> list[str]:
         m = e.get("metrics") or {}
         mark = f"{NEW} " if e.get("new") else ""
         out.append(f"| {i} | {mark}`{e['id']}` | `{e['file']}:{e['line']}` | {e['method']} | {STATUS.get(e['status'], e['status'])} "
-                   f"| {_fmt(e['perplexity'])} | {_fmt(e['ratio'])} | {_fmt(e['ratio_change'], 4)} "
+                   f"| {_fmt(e['perplexity'])} | {_ratio_cell(e)} | {_fmt(e['ratio_change'], 4)} "
                    f"| {_pct(m.get('efficacy'))} | {_pct(m.get('generalization'))} | {_pct(m.get('locality'))} |")
+    early = [e for e in doc.get("edits", []) if (e.get("check") or {}).get("stopped_early")]
+    if early:
+        out += ["", f"≈: {len(early)} check(s) stopped once part of the sample settled the status "
+                    "(estimate, range of ±4 standard errors; policy `perplexity.early_stop`)."]
     return out
+
+
+def _ratio_cell(e: dict[str, Any]) -> str:
+    """The ratio; an early-stopped check shows its estimate, range and how many texts decided it."""
+    check = e.get("check") or {}
+    if not check.get("stopped_early") or not check.get("interval"):
+        return _fmt(e["ratio"])
+    low, high = check["interval"]
+    return f"≈{_fmt(e['ratio'])} ({_fmt(low)}–{_fmt(high)}, {check['texts']}/{check['of']} texts)"
 
 
 def _curve(doc: dict[str, Any]) -> list[str]:

@@ -1,0 +1,159 @@
+"""The cheap per-edit check: the prefix cache reproduces the full model after real edits on every
+architecture, early stopping decides only what the whole sample would, and the gate reports how
+each check was made."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from editgate.corpora import sample_texts
+from editgate.gate import classify
+from editgate.methods import get_method
+from editgate.metrics.check import PerplexityCheck
+from editgate.metrics.perplexity import CHUNKS, PerplexityResult, PerplexitySample, perplexity
+from editgate.metrics.prefix import PrefixCache, lowest_written_layer
+from editgate.policy import PerplexityPolicy, Policy
+
+from test_collapse import MANIFEST, NOOP, gate, repo_with
+from test_rome import EIFFEL, KREMLIN, context, tiny_hparams
+
+POLICY = Policy()
+
+
+def check_for(loaded, texts: int = 40, **switches) -> tuple[PerplexityCheck, PerplexitySample]:
+    sample = PerplexitySample.from_texts(loaded.tokenizer, sample_texts("builtin:wiki", "perplexity", texts, 0),
+                                         64, 512)
+    baseline = perplexity(loaded.model, sample)
+    policy = PerplexityPolicy(**switches)
+    return PerplexityCheck(sample, baseline, policy, lambda r: classify(r, POLICY)), sample
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "qwen2", "gpt_neox"])
+def test_prefix_cache_reproduces_the_full_model_after_real_edits(arch, load_tiny, tmp_path):
+    loaded = load_tiny(arch)
+    model = loaded.model
+    cached, sample = check_for(loaded, early_stop=False)
+    rome = get_method("rome")(model, loaded.tokenizer, context(loaded, tmp_path))
+    hp = tiny_hparams(rome, layer=2, v_lr=2.0)
+    applied = [rome.apply([EIFFEL], hp)]
+    written = list(applied[0].originals)
+    assert lowest_written_layer(model, written) == 2
+    first = cached.run(model, model, written)  # builds the cache (full passes) and verifies it
+    assert cached.prefix.verified, cached.prefix.problem
+    applied.append(rome.apply([KREMLIN], hp))
+    second = cached.run(model, model, written)  # runs blocks 2.. from the cached states
+    full = perplexity(model, sample)
+    assert first.from_layer == second.from_layer == 2 and not second.stopped_early
+    assert second.perplexity == pytest.approx(full.token_perplexity, rel=1e-5)
+    assert second.perplexity != first.perplexity  # the second edit is visible through the cache
+    while applied:
+        applied.pop().undo(model)
+    assert cached.run(model, model, written).ratio == pytest.approx(1.0, abs=1e-5)
+
+
+def test_an_edit_below_the_cached_block_rebuilds_the_cache(load_tiny, tmp_path):
+    loaded = load_tiny("llama")
+    model = loaded.model
+    check, sample = check_for(loaded, early_stop=False)
+    rome = get_method("rome")(model, loaded.tokenizer, context(loaded, tmp_path))
+    high = rome.apply([EIFFEL], tiny_hparams(rome, layer=3, v_lr=2.0))
+    check.run(model, model, list(high.originals))
+    assert check.prefix.layer == 3
+    low = rome.apply([KREMLIN], tiny_hparams(rome, layer=1, v_lr=2.0))
+    result = check.run(model, model, [*high.originals, *low.originals])
+    assert check.prefix.layer == 1 and result.from_layer == 1
+    assert result.perplexity == pytest.approx(perplexity(model, sample).token_perplexity, rel=1e-5)
+
+
+def test_lowest_written_layer_is_zero_outside_the_blocks(load_tiny):
+    model = load_tiny("llama").model
+    assert lowest_written_layer(model, ["model.layers.3.mlp.down_proj.weight", "model.layers.1.mlp.up_proj.weight"]) == 1
+    assert lowest_written_layer(model, ["model.embed_tokens.weight"]) == 0
+    assert lowest_written_layer(model, ["lm_head.weight", "model.layers.2.mlp.down_proj.weight"]) == 0
+
+
+def test_a_model_the_cache_cannot_reproduce_turns_it_off(load_tiny):
+    """A model that transforms inputs_embeds on the way in (scales them, as Gemma does) fails the
+    verification on the first batch: the cache turns itself off and says why."""
+    loaded = load_tiny("llama")
+    model = loaded.model
+    original_forward = model.forward
+
+    def scaling_forward(*args, inputs_embeds=None, **kwargs):
+        if inputs_embeds is not None:
+            inputs_embeds = inputs_embeds * 3.0
+        return original_forward(*args, inputs_embeds=inputs_embeds, **kwargs)
+
+    model.forward = scaling_forward
+    try:
+        cache = PrefixCache(model, 2)
+        ids = torch.tensor([loaded.tokenizer("Paris is the capital of France.")["input_ids"]] * 2)
+        logits = cache.forward(ids, torch.ones_like(ids))
+        assert cache.verified is False and "whole model" in cache.problem
+        assert torch.equal(logits, model(input_ids=ids).logits)  # the answer came from the full model
+        assert cache.states == {}
+    finally:
+        del model.forward
+
+
+# --- early stopping ---------------------------------------------------------------------------------
+
+
+def synthetic(n: int, d_per_token: float, noise: float, seed: int = 0) -> tuple[PerplexityCheck, list, list]:
+    """A check over n texts of 20 tokens whose NLL changed by d_per_token (+- noise) per token."""
+    gen = torch.Generator().manual_seed(seed)
+    base = [40.0] * n
+    after = [40.0 + 20 * d_per_token + noise * float(torch.randn(1, generator=gen)) for _ in range(n)]
+    sample = PerplexitySample([[1] * 21] * n, 32, 512, 0)
+    check = PerplexityCheck(sample, PerplexityResult(math.exp(2.0), math.exp(2.0), base, [20] * n),
+                            PerplexityPolicy(), lambda r: classify(r, POLICY))
+    return check, after, [20] * n
+
+
+def test_early_stop_decides_clear_cases_and_waits_on_borderline_ones():
+    unchanged, nll, counts = synthetic(40, 0.0, 0.0)
+    assert unchanged.decide(list(range(10)), nll, counts, 40) == (1.0, (1.0, 1.0))
+    harmful, nll, counts = synthetic(40, math.log(3.0), 0.5)  # x3: between fail (1.5) and collapse (10)
+    ratio, (low, high) = harmful.decide(list(range(10)), nll, counts, 40)
+    assert classify(ratio, POLICY) == classify(low, POLICY) == classify(high, POLICY) == "fail"
+    borderline, nll, counts = synthetic(40, math.log(1.5), 2.0)  # right at fail_ratio, noisy
+    assert borderline.decide(list(range(10)), nll, counts, 40) is None
+    broken, nll, counts = synthetic(40, 0.0, 0.0)
+    nll[3] = math.inf
+    assert broken.decide(list(range(10)), nll, counts, 40)[0] == math.inf
+
+
+def test_samples_split_into_random_disjoint_parts(tokenizer):
+    texts = sample_texts("builtin:wiki", "perplexity", 40, 0)
+    sample = PerplexitySample.from_texts(tokenizer, texts, 64)
+    assert len(sample.chunks) == CHUNKS
+    assert sorted(i for chunk in sample.chunks for i in chunk) == list(range(len(sample.token_ids)))
+    assert sample.chunks != PerplexitySample.from_texts(tokenizer, texts, 64, seed=1).chunks
+    few = PerplexitySample.from_texts(tokenizer, texts[:8], 64)
+    assert few.chunks == [list(range(8))]  # too few texts for a standard error: one part
+
+
+def test_early_stop_and_prefix_cache_keep_the_verdict(tiny_repo, tmp_path):
+    """The gate on 40 check texts with both savings on and off: same statuses, same culprit; the
+    no-op edits are decided after the first part of the sample, the culprit's check from the prefix."""
+    policy = ("perplexity:\n  samples: 40\n  max_tokens: 48\n  warn_ratio: 1.0\n  fail_ratio: 1.0001\n"
+              "  collapse_ratio: 1000000.0\n  {switches}\nbenchmarks:\n  suite: none\n"
+              "edits:\n  min_efficacy: 0.0\n  min_generalization: 0.0\n  min_locality: 0.0\n")
+    docs = {}
+    for name, switches in (("on", "early_stop: true"), ("off", "early_stop: false\n  prefix_cache: false")):
+        repo = tiny_repo(name=name, manifests={"edits/2026-03-01-seq.yaml": MANIFEST},
+                         policy=policy.format(switches=switches))
+        code, docs[name] = gate(repo, tmp_path / name)
+        assert code == 1
+    on, off = docs["on"], docs["off"]
+    assert [e["status"] for e in on["edits"]] == [e["status"] for e in off["edits"]]
+    assert on["culprit"]["id"] == off["culprit"]["id"] == "extreme"
+    first = on["edits"][0]["check"]
+    assert first["stopped_early"] and first["texts"] < first["of"]
+    assert [e["ratio"] for e in on["edits"][:2]] == [1.0, 1.0]  # the cached path is bit-exact
+    assert not any(e["check"]["stopped_early"] or e["check"]["from_layer"] for e in off["edits"])
+    assert on["edits"][2]["check"]["from_layer"] >= 1
+    assert NOOP in MANIFEST  # the edits around the culprit are zero updates
