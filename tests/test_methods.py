@@ -13,7 +13,7 @@ from editgate.manifests import Edit
 from editgate.methods import METHODS, check_hparams, get_method
 from editgate.methods.base import MethodContext
 
-from conftest import ARCHITECTURES
+from conftest import INTERMEDIATE, ARCHITECTURES
 
 TINY = {
     "rome": {"stats_samples": 40, "v_steps": 8, "context_templates": 2, "context_length": 4},
@@ -111,6 +111,16 @@ def test_out_of_range_layer_is_reported_before_anything_changes(load_tiny, tmp_p
     with pytest.raises(RunError, match="out of range"):
         editor.apply([EIFFEL], editor.default_hparams().updated({**TINY["memit"], "layers": [1, 9]}))
     assert all(torch.equal(p, before[n]) for n, p in loaded.model.named_parameters())
+
+
+def test_memit_lambda_scales_with_the_key_width(load_tiny, tmp_path):
+    """MEMIT's lambda 15,000 was set for GPT-J's 16,384-wide keys; a narrower model gets it scaled so
+    an edit writes the same share of its residual (see editgate/methods/memit.py)."""
+    loaded = load_tiny("llama")
+    editor = get_method("memit")(loaded.model, loaded.tokenizer, context_for(loaded, tmp_path))
+    assert editor.default_hparams().mom2_update_weight == pytest.approx(15000 * INTERMEDIATE / 16384)
+    chosen = editor.default_hparams().updated({"mom2_update_weight": 20000.0})
+    assert editor.with_model_defaults(chosen).mom2_update_weight == 20000.0  # an explicit value stays
 
 
 def test_mlp_out_reports_unsupported_architecture_clearly():

@@ -8,6 +8,11 @@ least-squares update that writes it for the edits' keys K while preserving the c
 
     dW = R K^T (lambda C + K K^T)^-1          (C = E[k k^T], lambda = mom2_update_weight)
 
+The update writes s/(1+s) of the residual for a key k, with s = k^T (lambda C)^-1 k, which is about
+(key width)/lambda for a typical key since E[k^T C^-1 k] = key width. MEMIT's lambda 15,000 was set
+for GPT-J's 16,384-wide keys (s about 1); on a 1,536-wide model the same lambda writes a tenth of
+that. The default therefore scales lambda with the key width: 15,000 x width / 16,384.
+
 AlphaEdit replaces the preservation term by a projection P onto the null space of C (directions the
 corpus keys do not use), so the update cannot disturb preserved knowledge, and remembers the keys of
 earlier edits in the sequence so later edits leave them alone:
@@ -31,6 +36,9 @@ from editgate.methods.rome import default_layer
 from editgate.methods.statistics import cached_tensor
 
 
+GPTJ_LAMBDA, GPTJ_KEY_WIDTH = 15000.0, 16384  # MEMIT's published setting and the model it was set for
+
+
 def default_layers(layers: int, span: int = 5) -> list[int]:
     """`span` consecutive layers centred on ROME's layer (MEMIT used 3-8 of GPT-J's 28)."""
     centre = default_layer(layers)
@@ -42,7 +50,7 @@ def default_layers(layers: int, span: int = 5) -> list[int]:
 class MemitHParams(HParamsBase):
     layers: list | None = None  # None: five consecutive layers around ROME's layer
     batch_size: int = 1  # consecutive edits of one manifest applied as one update (1: checked one by one)
-    mom2_update_weight: float = 15000.0  # lambda: how strongly corpus keys are preserved
+    mom2_update_weight: float | None = None  # lambda, how strongly corpus keys are preserved; None: scaled
     v_steps: int = 25
     v_lr: float = 0.5
     v_weight_decay: float = 1e-3
@@ -65,11 +73,21 @@ class Memit(EditMethod):
     HParams = MemitHParams
 
     def default_hparams(self) -> MemitHParams:
-        return self.HParams(layers=default_layers(num_layers(self.model)))
+        return self.with_model_defaults(self.HParams())
+
+    def with_model_defaults(self, hp: MemitHParams) -> MemitHParams:
+        """Fill what scales with the model: the layers (its depth) and lambda (its key width)."""
+        layers = hp.layers or default_layers(num_layers(self.model))
+        weight = hp.mom2_update_weight
+        if weight is None:
+            target = mlp_out(self.model, layers[0])
+            key_width = target.as_out_in(target.weight).shape[1]
+            weight = GPTJ_LAMBDA * key_width / GPTJ_KEY_WIDTH
+        return hp.updated({"layers": layers, "mom2_update_weight": weight})
 
     def apply(self, edits: list[Edit], hparams: MemitHParams) -> AppliedEdit:
         start = time.perf_counter()
-        hp = hparams if hparams.layers else hparams.updated({"layers": default_layers(num_layers(self.model))})
+        hp = self.with_model_defaults(hparams)
         layers = sorted(hp.layers)
         targets = {layer: mlp_out(self.model, layer) for layer in layers}  # raises before any change
         moments = second_moments(self, layers, hp.stats_samples, hp.stats_max_tokens)
