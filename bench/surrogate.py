@@ -19,6 +19,7 @@ bench/results/surrogate.json and surrogate.png (plus .partial.json after every c
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 
@@ -89,7 +90,13 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=10)
     parser.add_argument("--method", default="rome")
     parser.add_argument("--out", default="surrogate")
+    parser.add_argument("--from-partial", action="store_true",
+                        help="summarise the checkpoints an interrupted run saved in <out>.partial.json")
     args = parser.parse_args()
+    if args.from_partial:
+        partial = json.loads((RESULTS / f"{args.out}.partial.json").read_text(encoding="utf-8"))
+        summarise(args, partial["rows"], partial.get("edit_seconds", []), machine(), args.method, {})
+        return
 
     from editgate.corpora import load_texts, sample_texts
     from editgate.methods import get_method
@@ -123,8 +130,12 @@ def main() -> None:
             rows.append({"edits": i, **measure(model, samples, suite)})
             log(f"{i} edits ({sum(edit_seconds) / i:.1f} s/edit): "
                 + ", ".join(f"{k} {v:.3f}" for k, v in rows[-1].items() if k != "edits" and v is not None))
-            save_json(f"{args.out}.partial.json", {"rows": rows})  # survive an interrupted run
+            save_json(f"{args.out}.partial.json", {"rows": rows, "edit_seconds": edit_seconds})  # survive a stop
+    summarise(args, rows, edit_seconds, env, args.method, hparams.__dict__)
 
+
+def summarise(args, rows: list[dict], edit_seconds: list[float], env: dict, method: str, hparams: dict) -> None:
+    """Correlations, the tables, the plot and the JSON."""
     frame = pd.DataFrame(rows)
     rho = correlations(frame)
     shown = ["edits"] + [c for c in frame.columns if c.endswith((" ppl", " acc", " acc_norm", " exact_match"))]
@@ -135,10 +146,11 @@ def main() -> None:
     png = RESULTS / f"{args.out}.png"
     plot(frame, rho, png)
     path = save_json(f"{args.out}.json", {
-        "command": "python bench/surrogate.py " + " ".join(sys.argv[1:]), "machine": env, "method": args.method,
-        "edits": len(edits), "every": args.every, "seconds_per_edit": sum(edit_seconds) / len(edit_seconds),
+        "command": "python bench/surrogate.py " + " ".join(sys.argv[1:]), "machine": env, "method": method,
+        "edits": int(frame["edits"].iloc[-1]), "every": args.every,
+        "seconds_per_edit": sum(edit_seconds) / len(edit_seconds) if edit_seconds else None,
         "edit_seconds": edit_seconds, "rows": rows, "spearman": rho, "curve_table": curve, "rho_table": rho_table,
-        "hparams": hparams.__dict__})
+        "hparams": hparams})
     (RESULTS / f"{args.out}.partial.json").unlink(missing_ok=True)
     print(f"saved {path} and {png}")
 
