@@ -169,6 +169,13 @@ def tree_digest(root: Path) -> dict[str, tuple[str, int]]:
 
 # --- tiny repositories --------------------------------------------------------------------------
 
+def gate_policy(**perplexity) -> str:
+    """A policy with these perplexity settings, no benchmark suite and no edit-metric minimums."""
+    lines = ["perplexity:", "  corpus: builtin:wiki", *(f"  {key}: {value}" for key, value in perplexity.items())]
+    return "\n".join(lines) + ("\nbenchmarks:\n  suite: none\nedits:\n  min_efficacy: 0.0\n"
+                               "  min_generalization: 0.0\n  min_locality: 0.0\n")
+
+
 LENIENT_POLICY = """\
 perplexity:
   corpus: builtin:wiki

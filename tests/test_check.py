@@ -17,7 +17,8 @@ from editgate.metrics.perplexity import CHUNKS, PerplexityResult, PerplexitySamp
 from editgate.metrics.prefix import PrefixCache, lowest_written_layer
 from editgate.policy import PerplexityPolicy, Policy
 
-from test_collapse import MANIFEST, NOOP, gate, repo_with
+from conftest import gate_policy
+from test_collapse import MANIFEST, gate
 from test_rome import EIFFEL, KREMLIN, context, tiny_hparams
 
 POLICY = Policy()
@@ -139,13 +140,11 @@ def test_samples_split_into_random_disjoint_parts(tokenizer):
 def test_early_stop_and_prefix_cache_keep_the_verdict(tiny_repo, tmp_path):
     """The gate on 40 check texts with both savings on and off: same statuses, same culprit; the
     no-op edits are decided after the first part of the sample, the culprit's check from the prefix."""
-    policy = ("perplexity:\n  samples: 40\n  max_tokens: 48\n  warn_ratio: 1.0\n  fail_ratio: 1.0001\n"
-              "  collapse_ratio: 1000000.0\n  {switches}\nbenchmarks:\n  suite: none\n"
-              "edits:\n  min_efficacy: 0.0\n  min_generalization: 0.0\n  min_locality: 0.0\n")
     docs = {}
-    for name, switches in (("on", "early_stop: true"), ("off", "early_stop: false\n  prefix_cache: false")):
-        repo = tiny_repo(name=name, manifests={"edits/2026-03-01-seq.yaml": MANIFEST},
-                         policy=policy.format(switches=switches))
+    for name, switches in (("on", {"early_stop": "true"}), ("off", {"early_stop": "false", "prefix_cache": "false"})):
+        policy = gate_policy(samples=40, max_tokens=48, warn_ratio=1.0, fail_ratio=1.0001, collapse_ratio=1000000.0,
+                             **switches)
+        repo = tiny_repo(name=name, manifests={"edits/2026-03-01-seq.yaml": MANIFEST}, policy=policy)
         code, docs[name] = gate(repo, tmp_path / name)
         assert code == 1
     on, off = docs["on"], docs["off"]
@@ -156,4 +155,3 @@ def test_early_stop_and_prefix_cache_keep_the_verdict(tiny_repo, tmp_path):
     assert [e["ratio"] for e in on["edits"][:2]] == [1.0, 1.0]  # the cached path is bit-exact
     assert not any(e["check"]["stopped_early"] or e["check"]["from_layer"] for e in off["edits"])
     assert on["edits"][2]["check"]["from_layer"] >= 1
-    assert NOOP in MANIFEST  # the edits around the culprit are zero updates

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import gate_policy, shared_file
+
 pytestmark = pytest.mark.slow
 
 DEMO = Path(__file__).resolve().parents[1] / "examples" / "demo"
@@ -132,22 +134,9 @@ edits:
     target: tennis
 """
 
-CULPRIT_POLICY = """\
-perplexity:
-  corpus: builtin:wiki
-  samples: 40
-  max_tokens: 128
-  check_every: {check_every}
-  warn_ratio: 1.10
-  fail_ratio: 1.50
-  collapse_ratio: 10.0
-benchmarks:
-  suite: none
-edits:
-  min_efficacy: 0.0
-  min_generalization: 0.0
-  min_locality: 0.0
-"""
+def culprit_policy(check_every: int) -> str:
+    return gate_policy(samples=40, max_tokens=128, check_every=check_every, warn_ratio=1.10, fail_ratio=1.50,
+                       collapse_ratio=10.0)
 
 
 def repo_from_demo(tmp_path: Path, name: str, manifests: dict[str, str], policy: str, method: str = "rome") -> Path:
@@ -169,7 +158,7 @@ def test_checking_every_fifth_edit_names_the_same_culprit_as_every_edit(tmp_path
     docs = {}
     for every in (1, 5):
         repo = repo_from_demo(tmp_path, f"every-{every}", {"edits/2026-11-20-moves.yaml": CULPRIT_MANIFEST},
-                              CULPRIT_POLICY.format(check_every=every))
+                              culprit_policy(every))
         proc = editgate_run(repo, tmp_path / f"report-{every}")
         assert proc.returncode == 1, proc.stdout + proc.stderr
         docs[every] = json.loads((tmp_path / f"report-{every}" / "report.json").read_text(encoding="utf-8"))
@@ -233,10 +222,9 @@ def test_memory_method_gates_the_demo_and_leaves_the_weights_alone(tmp_path, mon
 
 
 def test_memory_method_gates_fifty_counterfact_edits(tmp_path):
-    from conftest import shared_file
 
     records = json.loads(shared_file("counterfact-2k.json").read_text(encoding="utf-8"))[:50]
-    policy = CULPRIT_POLICY.format(check_every=10).replace("min_efficacy: 0.0", "min_efficacy: 0.5")
+    policy = culprit_policy(10).replace("min_efficacy: 0.0", "min_efficacy: 0.5")
     repo = repo_from_demo(tmp_path, "counterfact", {"edits/counterfact-50.json": json.dumps(records, indent=1)},
                           policy, method="memory")
     config = repo / "editgate.yaml"

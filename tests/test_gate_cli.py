@@ -17,7 +17,7 @@ from editgate.gate import classify
 from editgate.methods.rome import RomeHParams
 from editgate.policy import Policy, PerplexityPolicy
 
-from conftest import tree_digest, write
+from conftest import gate_policy, tree_digest, write
 
 EXTREME = {"clamp_norm_factor": 1000, "v_lr": 50, "v_weight_decay": 0}
 
@@ -127,21 +127,7 @@ def test_quiet_silences_progress(tiny_repo, tmp_path):
 
 # --- failing runs ------------------------------------------------------------------------------------
 
-STRICT_POLICY = """\
-perplexity:
-  corpus: builtin:wiki
-  samples: 8
-  max_tokens: 64
-  warn_ratio: 1.0
-  fail_ratio: 1.0000001
-  collapse_ratio: 1000.0
-benchmarks:
-  suite: none
-edits:
-  min_efficacy: 0.0
-  min_generalization: 0.0
-  min_locality: 0.0
-"""
+STRICT_POLICY = gate_policy(samples=8, max_tokens=64, warn_ratio=1.0, fail_ratio=1.0000001, collapse_ratio=1000.0)
 
 
 def test_fail_ratio_fails_the_gate_and_names_the_culprit(tiny_repo, tmp_path):
