@@ -148,3 +148,47 @@ def test_logits_at_matches_the_full_forward_pass(arch, load_tiny):
         full = loaded.model(input_ids=ids, attention_mask=mask).logits[rows, cols].float()
         picked = logits_at(loaded.model, ids, mask, rows, cols)
     torch.testing.assert_close(picked, full, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_rewrite_batch_with_cached_prefixes_equals_the_whole_sequences(arch, load_tiny):
+    """The value optimisation runs only the tokens from the subject on, over a key-value cache of the
+    context before it; its logits must equal those of the whole sequences with the offset added at the
+    subject's last token, for templates of different lengths, one of them empty."""
+    from editgate.methods.locate import fill, pad_batch, rewrite_batch, subject_last_index
+
+    loaded = load_tiny(arch)
+    model, tok = loaded.model, loaded.tokenizer
+    edit = Edit(id="e", prompt="{} is located in the city of", subject="The Eiffel Tower", target="Rome Italy")
+    templates = ["{}", "Because the day was long. {}", "I think. {}"]
+    target = mlp_out(model, 1)
+    delta = torch.randn(model.config.hidden_size, generator=torch.Generator().manual_seed(0))
+    batch = rewrite_batch(model, tok, edit, templates)  # caches the prefixes without the offset
+    at = [0] * batch.ids.shape[0]  # in the batch every row starts at its subject's last token
+    hook = target.module.register_forward_hook(
+        lambda _m, _i, out: out + delta * (torch.arange(out.shape[1])[None, :, None] == torch.tensor(at)[:, None, None]))
+    try:
+        with torch.no_grad():
+            cached = batch.logits(model)
+        goal = tok(" Rome Italy", add_special_tokens=False)["input_ids"]
+        sequences, rows, cols = [], [], []
+        for r, (template, prompt) in enumerate([(t, edit.prompt) for t in templates] + [("{}", "{} is a")]):
+            text, end = fill(template, prompt, edit.subject)
+            ids = tok(text)["input_ids"]
+            at.append(subject_last_index(tok, text, end))
+            if r < len(templates):
+                rows += [r] * len(goal)
+                cols += [len(ids) - 1 + j for j in range(len(goal))]
+                ids = ids + goal[:-1]
+            sequences.append(ids)
+        at[:] = at[batch.ids.shape[0]:]
+        rows.append(len(templates))
+        cols.append(len(sequences[-1]) - 1)
+        ids, mask = pad_batch(sequences, tok.pad_token_id or 0, "cpu")
+        with torch.no_grad():
+            whole = model(input_ids=ids, attention_mask=mask).logits[torch.tensor(rows), torch.tensor(cols)].float()
+    finally:
+        hook.remove()
+    assert batch.prefix is not None and batch.ids.shape[1] < ids.shape[1]
+    torch.testing.assert_close(cached, whole, rtol=1e-4, atol=1e-4)
+    assert batch.gold.tolist() == goal * len(templates)
