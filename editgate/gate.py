@@ -31,6 +31,7 @@ from editgate.methods.base import EditMethod, MethodContext
 from editgate.metrics.check import CheckResult, PerplexityCheck
 from editgate.metrics.edit_metrics import DEFINITION, EditScorer, EditScores, mean_of
 from editgate.metrics.perplexity import PerplexityResult, PerplexitySample, perplexity
+from editgate.metrics.scoring import MAX_PADDING
 from editgate.models import LoadedModel
 from editgate.policy import Policy
 
@@ -161,7 +162,7 @@ class Gate:
         """The unedited model's perplexity, from the cache when the same tokens were scored before."""
         parameter = next(self.loaded.model.parameters())
         parts = {"ids": sample.token_ids, "chunks": sample.chunks, "batch_tokens": sample.batch_tokens,
-                 "dtype": str(parameter.dtype),
+                 "max_padding": MAX_PADDING, "dtype": str(parameter.dtype),
                  "device": parameter.device.type}
         cached = self.cache.get("perplexity", parts)
         if cached is not None:

@@ -14,7 +14,7 @@ from editgate.errors import InputError
 from editgate.manifests import Edit, LocalityCheck
 from editgate.metrics.edit_metrics import EditScorer
 from editgate.metrics.perplexity import PerplexitySample, perplexity
-from editgate.metrics.scoring import batches_by_length
+from editgate.metrics.scoring import MAX_PADDING, batches_by_length
 
 from conftest import shared_file
 
@@ -117,6 +117,8 @@ def test_batches_by_length_respects_the_budget_and_covers_everything(seed):
         assert batch
         padded = len(batch) * max(lengths[i] for i in batch)
         assert padded <= budget or len(batch) == 1  # only a lone over-long sequence may exceed it
+        padding = padded - sum(lengths[i] for i in batch)
+        assert padding <= MAX_PADDING * padded or len(batch) == 1
 
 
 def test_batches_by_length_edge_cases():
@@ -124,6 +126,7 @@ def test_batches_by_length_edge_cases():
     assert batches_by_length([5000], 100) == [[0]]
     assert batches_by_length([10] * 10, 100) == [list(range(10))]  # exactly at the budget: one batch
     assert len(batches_by_length([10] * 11, 100)) == 2
+    assert batches_by_length([10, 10, 10, 20], 1000) == [[0, 1, 2], [3]]  # 20 would pad the batch by half
 
 
 # --- corpora ----------------------------------------------------------------------------------------
