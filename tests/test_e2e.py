@@ -236,3 +236,62 @@ def test_memory_method_gates_fifty_counterfact_edits(tmp_path):
     assert max(e["ratio"] for e in doc["edits"] if e["ratio"] is not None) <= 1.10
     assert doc["edit_metrics"]["efficacy"] >= 0.5
     assert doc["artifacts"]["memory_routing"]["stored_edits"] == 50
+
+
+# --- the check's savings never change a verdict (issue 7) -----------------------------------------
+
+SAVINGS_OFF = "perplexity:\n  early_stop: false\n  prefix_cache: false\n"
+
+
+def run_with_and_without_savings(tmp_path: Path, repo: Path) -> tuple[dict, dict]:
+    """The repository's run as is (prefix cache and early stopping on by default), then with both off."""
+    docs = []
+    for variant in ("savings-on", "savings-off"):
+        if variant == "savings-off":
+            policy = repo / "policies" / "default.yaml"
+            policy.write_text(policy.read_text(encoding="utf-8").replace("perplexity:\n", SAVINGS_OFF, 1),
+                              encoding="utf-8")
+        proc = editgate_run(repo, tmp_path / variant)
+        assert proc.returncode in (0, 1), proc.stdout + proc.stderr
+        docs.append(json.loads((tmp_path / variant / "report.json").read_text(encoding="utf-8")))
+    return docs[0], docs[1]
+
+
+def assert_same_verdict(fast: dict, full: dict) -> None:
+    assert (fast["verdict"], fast["exit_code"]) == (full["verdict"], full["exit_code"])
+    assert [(e["id"], e["status"]) for e in fast["edits"]] == [(e["id"], e["status"]) for e in full["edits"]]
+    assert (fast.get("culprit") or {}).get("id") == (full.get("culprit") or {}).get("id")
+    checks = [e["check"] for e in full["edits"] if e.get("check")]
+    assert checks and not any(c["stopped_early"] or c["from_layer"] for c in checks)  # really the full check
+    used = [e["check"] for e in fast["edits"] if e.get("check")]
+    assert any(c["stopped_early"] for c in used) and all(c["from_layer"] > 0 for c in used)
+    for a, b in zip(fast["edits"], full["edits"]):  # a whole-sample check is the same figure either way
+        if a.get("check") and not a["check"]["stopped_early"]:
+            assert a["ratio"] == pytest.approx(b["ratio"], rel=1e-5)
+
+
+@pytest.mark.parametrize("strict", [False, True], ids=["demo-policy", "strict-policy"])
+def test_check_savings_keep_the_demo_verdicts(strict, tmp_path):
+    """The demo under its own policy (passes) and under the strict one (fails on a named edit); the
+    benchmark suite is left out: the switches do not touch it."""
+    policy = STRICT if strict else (DEMO / "policies" / "default.yaml").read_text(encoding="utf-8")
+    policy = policy.replace("suite: builtin:small", "suite: none")
+    manifests = {f"edits/{p.name}": p.read_text(encoding="utf-8") for p in (DEMO / "edits").glob("*.yaml")}
+    fast, full = run_with_and_without_savings(tmp_path, repo_from_demo(tmp_path, "demo", manifests, policy))
+    assert fast["verdict"] == ("failed" if strict else "passed")
+    assert_same_verdict(fast, full)
+
+
+def test_check_savings_keep_the_verdict_of_twenty_counterfact_edits(tmp_path):
+    """Twenty sequential ROME edits from CounterFact, checked after each on the default 200-text sample,
+    with bands tight enough that the statuses change along the run."""
+    records = json.loads(shared_file("counterfact-2k.json").read_text(encoding="utf-8"))[:20]
+    policy = gate_policy(samples=200, max_tokens=128, check_every=1, warn_ratio=1.003, fail_ratio=1.02,
+                         collapse_ratio=10.0)
+    repo = repo_from_demo(tmp_path, "counterfact", {"edits/counterfact-20.json": json.dumps(records, indent=1)},
+                          policy)
+    config = repo / "editgate.yaml"
+    config.write_text(config.read_text(encoding="utf-8").replace("edits/**/*.yaml", "edits/*.json"), encoding="utf-8")
+    fast, full = run_with_and_without_savings(tmp_path, repo)
+    assert len({e["status"] for e in full["edits"]}) >= 2, [e["ratio"] for e in full["edits"]]
+    assert_same_verdict(fast, full)
