@@ -163,6 +163,7 @@ class Gate:
         parameter = next(self.loaded.model.parameters())
         parts = {"ids": sample.token_ids, "chunks": sample.chunks, "batch_tokens": sample.batch_tokens,
                  "max_padding": MAX_PADDING, "dtype": str(parameter.dtype),
+                 "threads": torch.get_num_threads(),  # CPU sums split by thread: last-bit differences
                  "device": parameter.device.type}
         cached = self.cache.get("perplexity", parts)
         if cached is not None:
