@@ -1,6 +1,9 @@
-"""The `editgate` command line. Exit codes: 0 passed, 1 the gate failed, 2 invalid input, 3 the run failed.
+"""The `editgate` command line. Exit codes: 0 passed, 1 the gate failed, 2 invalid input, 3 the run failed,
+4 interrupted (SIGINT/SIGTERM: the report says how far the run got).
 
-Input errors never show a traceback: they are listed one per line as file:line: message.
+No command shows a traceback: input errors are listed one per line as file:line: message, anything else
+is one line naming the error (EDITGATE_DEBUG=1 prints the traceback too). Every line printed goes
+through editgate/safetext.py, since much of it quotes the repository.
 """
 
 from __future__ import annotations
@@ -15,9 +18,16 @@ from typing import Any, Callable
 import click
 
 import editgate
-from editgate.errors import InputError
+from editgate.errors import InputError, RunError
+from editgate.interrupt import Interrupted, interruptible
+from editgate.safetext import printable_line, printable_lines
 
-EXIT_PASSED, EXIT_FAILED, EXIT_INVALID, EXIT_RUN_FAILED = 0, 1, 2, 3
+EXIT_PASSED, EXIT_FAILED, EXIT_INVALID, EXIT_RUN_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 3, 4
+
+
+def echo(message: str, err: bool = False) -> None:
+    """One line (or several) of output, made safe to print (no control characters, no workflow commands)."""
+    click.echo(printable_lines(message), err=err)
 
 
 class Progress:
@@ -28,29 +38,68 @@ class Progress:
 
     def __call__(self, message: str) -> None:
         if not self.quiet:
-            click.echo(message, err=True)
+            click.echo(printable_line(message), err=True)
 
 
 def _quiet_libraries() -> None:
-    """transformers' progress bars and advice would drown editgate's own progress lines."""
+    """transformers' and datasets' progress bars and advice would drown editgate's own progress lines."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import transformers
 
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+    try:
+        import datasets
+
+        datasets.disable_progress_bars()
+        datasets.logging.set_verbosity_error()
+    except ImportError:  # pragma: no cover - datasets is a dependency
+        pass
 
 
 def _fail_input(error: InputError) -> None:
     for problem in error.problems:
-        click.echo(str(problem), err=True)
-    click.echo(f"{len(error.problems)} problem(s) found; nothing was run.", err=True)
+        echo(str(problem), err=True)
+    echo(f"{len(error.problems)} problem(s) found; nothing was run.", err=True)
     sys.exit(EXIT_INVALID)
 
 
-@click.group()
+class _Main(click.Group):
+    """The command group, with the last word on errors: no traceback ever reaches the user."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit):
+            raise
+        except InputError as error:
+            _fail_input(error)
+        except (KeyboardInterrupt, Interrupted):
+            echo("editgate: interrupted", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+        except Exception as error:  # a bug, or an environment editgate did not foresee
+            echo(f"editgate: {type(error).__name__}: {error}", err=True)
+            if os.environ.get("EDITGATE_DEBUG"):
+                traceback.print_exc()
+            else:
+                echo("(set EDITGATE_DEBUG=1 for the traceback)", err=True)
+            sys.exit(EXIT_RUN_FAILED)
+
+
+@click.group(cls=_Main)
 @click.version_option(editgate.__version__, prog_name="editgate")
 def main() -> None:
     """editgate: apply knowledge edits to a language model and fail CI when they break it."""
+
+
+def _runner_options(command: Callable) -> Callable:
+    """What only the runner's owner decides (never editgate.yaml): the cache and remote code."""
+    command = click.option("--trust-remote-code", is_flag=True,
+                           help="Let transformers run the model repository's own code (also: "
+                                "EDITGATE_TRUST_REMOTE_CODE=1). Never set by the gated repository.")(command)
+    command = click.option("--cache-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+                           help="The shared cache (also: EDITGATE_CACHE_DIR; default ~/.cache/editgate).")(command)
+    return command
 
 
 @main.command()
@@ -63,7 +112,7 @@ def validate(paths: tuple[Path, ...]) -> None:
         summary = validate_paths(list(paths) or [Path(".")])
     except InputError as error:
         _fail_input(error)
-    click.echo(f"ok: {summary.edit_count} edits valid")
+    echo(f"ok: {summary.edit_count} edits valid")
 
 
 @main.command()
@@ -85,27 +134,51 @@ def validate(paths: tuple[Path, ...]) -> None:
 @click.option("--confirm", is_flag=True, help="On failure, re-run without the culprit and report whether the rest passes.")
 @click.option("--no-cache", is_flag=True, help="Measure the unedited model's figures again instead of reading the cache.")
 @click.option("--quiet", is_flag=True, help="No progress on stderr.")
+@_runner_options
 def run(repo: Path, policy: str | None, model: str | None, device: str | None, dtype: str | None,
         out: Path, base_ref: str | None, save_model: Path | None, save_delta: Path | None, confirm: bool,
-        no_cache: bool, quiet: bool) -> None:
+        no_cache: bool, quiet: bool, cache_dir: Path | None, trust_remote_code: bool | None) -> None:
     """Apply every edit in order, check the model after each, and gate on the policy."""
-    from editgate.reports import github, write_reports
+    from editgate.reports import github
 
     log = Progress(quiet)
     options = RunOptions(base_ref=base_ref, save_model=save_model, save_delta=save_delta, confirm=confirm, out=out,
                          use_cache=not no_cache)
-    overrides = {"model": model, "device": device, "dtype": dtype}
+    overrides = {"model": _operator_model(model), "device": device, "dtype": dtype,
+                 "cache_dir": None if cache_dir is None else str(cache_dir.absolute()),
+                 "trust_remote_code": trust_remote_code or None}
     on_github = github.active()
-    if on_github and not quiet:  # the log folds into a group; text from manifests cannot act as commands
-        with github.LogGroup(log):
+    with interruptible() as guard:
+        if on_github and not quiet:  # the log folds into a group; text from manifests cannot act as commands
+            with github.LogGroup(lambda line: click.echo(line, err=True)):  # our own commands, unescaped
+                document, code = _run_gate(repo, policy, overrides, log, options)
+        else:
             document, code = _run_gate(repo, policy, overrides, log, options)
-    else:
-        document, code = _run_gate(repo, policy, overrides, log, options)
-    paths = write_reports(document, out, log)
-    _echo_outcome(document, paths)
-    if on_github:
-        github.publish(document, paths, lambda line: click.echo(line, err=True), repo_dir=repo)
+        guard.hold()  # a second signal (SIGTERM after SIGINT) must not cut the report short
+        paths = _write_reports(document, out, log)
+        _echo_outcome(document, paths)
+        if on_github:
+            github.publish(document, paths, lambda line: click.echo(line, err=True), repo_dir=repo)
     sys.exit(code)
+
+
+def _write_reports(document: dict, out: Path, log: Callable[[str], None]) -> list[Path]:
+    """The reports, or a clear message when --out cannot take them (the exit code stays the run's)."""
+    from editgate.reports import write_reports
+
+    try:
+        return write_reports(document, out, log)
+    except OSError as error:
+        echo(f"the reports could not be written to {out}: {error.strerror or error}", err=True)
+        return []
+
+
+def _operator_model(model: str | None) -> str | None:
+    """--model is the operator's: a path is relative to the working directory, not to the repository."""
+    if model is None or model.startswith("builtin:"):
+        return model
+    path = Path(model).expanduser()
+    return str(path.absolute()) if path.exists() else model
 
 
 @dataclasses.dataclass
@@ -135,13 +208,8 @@ def _run_gate(repo: Path, policy_override: str | None, overrides: dict[str, Any]
         _check_outputs(options, config, edits)
         _quiet_libraries()
         from editgate.gate import Gate
-        from editgate.models import load_model, set_threads
 
-        threads = set_threads(config.threads)
-        log(f"loading {config.model} (device {config.device}, dtype {config.dtype}, {threads} threads)")
-        loaded = load_model(config.model, device=config.device, dtype=config.dtype,
-                            cache_dir=config.cache_path(), trust_remote_code=config.trust_remote_code, log=log)
-        log(f"loaded in {loaded.load_seconds:.1f}s ({'cached copy' if loaded.from_cache else 'first load'})")
+        loaded = _load(config, edits, log)
         gate = Gate(config, policy, edits, loaded, log=log, use_cache=options.use_cache)
         result = gate.run(confirm=options.confirm)
         artifacts = _save_outputs(gate, config, result.verdict, options, log)
@@ -153,13 +221,35 @@ def _run_gate(repo: Path, policy_override: str | None, overrides: dict[str, Any]
         for problem in error.problems:
             log(str(problem))
         partial = {k: context[k] for k in ("repository", "base_ref")}
+        if gate is not None:  # found after loading (a layer beyond the model's depth): keep what was measured
+            partial = _partial(gate, context)
         return error_document("invalid", EXIT_INVALID, "invalid input", error.problems, partial=partial), EXIT_INVALID
-    except (Exception, KeyboardInterrupt) as error:  # RunError, OOM, ... and bugs: exit 3 with a report
+    except (Interrupted, KeyboardInterrupt) as error:
+        message = str(error) if isinstance(error, Interrupted) else "interrupted by SIGINT"
+        log(f"{message}: writing the report of what was done so far")
+        return error_document("interrupted", EXIT_INTERRUPTED, message,
+                              partial=_partial(gate, context)), EXIT_INTERRUPTED
+    except Exception as error:  # RunError, OOM, ... and bugs: exit 3 with a report
         message = f"{type(error).__name__}: {error}"
         log(f"the run failed: {message}")
         if os.environ.get("EDITGATE_DEBUG"):
             traceback.print_exc()
         return error_document("error", EXIT_RUN_FAILED, message, partial=_partial(gate, context)), EXIT_RUN_FAILED
+
+
+def _load(config, edits, log: Callable[[str], None]):
+    """Load the model, then check what needs its depth before the first edit (still exit 2)."""
+    from editgate.architecture import num_layers
+    from editgate.models import load_model, set_threads
+    from editgate.validate import check_model_fit
+
+    threads = set_threads(config.threads)
+    log(f"loading {config.model} (device {config.device}, dtype {config.dtype}, {threads} threads)")
+    loaded = load_model(config.model_spec(), device=config.device, dtype=config.dtype,
+                        cache_dir=config.cache_path(), trust_remote_code=config.trust_remote_code, log=log)
+    log(f"loaded in {loaded.load_seconds:.1f}s ({'cached copy' if loaded.from_cache else 'first load'})")
+    check_model_fit(config, edits, num_layers(loaded.model))
+    return loaded
 
 
 def _gather_context(config, edits, options: RunOptions, context: dict[str, Any], log: Callable[[str], None]) -> None:
@@ -182,6 +272,8 @@ def _check_outputs(options: RunOptions, config, edits) -> None:
     from editgate.export import check_model_target
     from editgate.methods import METHODS
 
+    if options.out is not None:
+        _check_out(options.out)
     if options.save_model is None and options.save_delta is None:
         return
     outside = [e.id for e in edits if not _writes_weights(METHODS.get(e.method or config.method))]
@@ -194,6 +286,19 @@ def _check_outputs(options: RunOptions, config, edits) -> None:
         check_model_target(options.save_model)
     if options.save_delta is not None and options.save_delta.is_dir():
         raise InputError(f"--save-delta {options.save_delta}: is a directory; name a file")
+
+
+def _check_out(out: Path) -> None:
+    """--out must be creatable and writable now, not found unwritable after the whole gate has run."""
+    import tempfile
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".editgate-write-test-"):
+            pass
+    except OSError as error:
+        raise InputError(f"--out {out}: cannot write reports there ({error.strerror or error}); "
+                         "name a directory editgate can create and write") from None
 
 
 def _writes_weights(method_class) -> bool:
@@ -264,7 +369,8 @@ def _partial(gate, context: dict[str, Any] | None = None) -> dict[str, Any] | No
 
 
 def _with_overrides(config, overrides: dict[str, Any]):
-    """Apply --model/--device/--dtype; the device is checked here as editgate.yaml's would be."""
+    """Apply --model/--device/--dtype/--cache-dir/--trust-remote-code; the device is checked here as
+    editgate.yaml's would be."""
     from editgate.config import _DEVICE
 
     values = {k: v for k, v in overrides.items() if v is not None}
@@ -275,10 +381,10 @@ def _with_overrides(config, overrides: dict[str, Any]):
 
 def _echo_outcome(document: dict, paths: list[Path]) -> None:
     verdict = document["verdict"]
-    click.echo(f"editgate: {verdict}")
+    echo(f"editgate: {verdict}")
     for reason in document.get("reasons") or []:
-        click.echo(f"  {reason}")
-    click.echo(f"report: {', '.join(str(p) for p in paths)}")
+        echo(f"  {reason}")
+    echo(f"report: {', '.join(str(p) for p in paths) or 'not written'}")
 
 
 @main.command()
@@ -288,31 +394,31 @@ def _echo_outcome(document: dict, paths: list[Path]) -> None:
 @click.option("--device", help="cpu, cuda, cuda:N, multi or auto (overrides editgate.yaml).")
 @click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]))
 @click.option("--quiet", is_flag=True, help="No progress on stderr.")
+@_runner_options
 def baseline(repo: Path, policy: str | None, model: str | None, device: str | None, dtype: str | None,
-             quiet: bool) -> None:
+             quiet: bool, cache_dir: Path | None, trust_remote_code: bool | None) -> None:
     """Measure and cache the unedited model's figures (perplexity, benchmarks, pre-edit answers)."""
     from editgate.validate import load_inputs
 
     log = Progress(quiet)
     try:
         config, policy_, edits = load_inputs(repo, policy)
-        config = _with_overrides(config, {"model": model, "device": device, "dtype": dtype})
+        config = _with_overrides(config, {
+            "model": _operator_model(model), "device": device, "dtype": dtype,
+            "trust_remote_code": trust_remote_code or None,
+            "cache_dir": None if cache_dir is None else str(cache_dir.absolute())})
         _quiet_libraries()
         from editgate.gate import Gate
-        from editgate.models import load_model, set_threads
 
-        set_threads(config.threads)
-        loaded = load_model(config.model, device=config.device, dtype=config.dtype,
-                            cache_dir=config.cache_path(), trust_remote_code=config.trust_remote_code, log=log)
-        gate = Gate(config, policy_, edits, loaded, log=log)
+        gate = Gate(config, policy_, edits, _load(config, edits, log), log=log)
         gate.prepare()
     except InputError as error:
         _fail_input(error)
     except (RunError, MemoryError, RuntimeError, OSError) as error:
-        click.echo(f"the run failed: {type(error).__name__}: {error}", err=True)
+        echo(f"the run failed: {type(error).__name__}: {error}", err=True)
         sys.exit(EXIT_RUN_FAILED)
     cached = ", ".join(gate.cache.hits) or "nothing (all measured now)"
-    click.echo(f"baseline cached under {gate.cache.root} (already cached: {cached})")
+    echo(f"baseline cached under {gate.cache.root} (already cached: {cached})")
 
 
 @main.command()
@@ -329,6 +435,25 @@ def methods() -> None:
             click.echo(f"    {f.name} = {shown}")
 
 
+@main.command("cache-key")
+@click.option("--repo", type=click.Path(path_type=Path, file_okay=False), default=Path("."), show_default=True)
+def cache_key(repo: Path) -> None:
+    """Print `version=` and `model=` lines for a CI cache key (append them to $GITHUB_OUTPUT).
+
+    editgate.yaml is read through editgate's own bounded loader, so a workflow never parses repository
+    YAML itself; an invalid file gives the default key (the run step then reports the problems)."""
+    import re
+
+    from editgate.config import load_config_collecting
+
+    config, problems, _ = load_config_collecting(repo)
+    model = "default" if problems else config.model
+    if problems:
+        echo(f"editgate cache-key: {len(problems)} problem(s) in the configuration; using the default key", err=True)
+    click.echo(f"version={editgate.__version__}")
+    click.echo("model=" + re.sub(r"[^A-Za-z0-9._-]+", "_", model)[:100])
+
+
 @main.command()
 @click.argument("report", type=click.Path(path_type=Path, exists=True, dir_okay=False))
 @click.option("--format", "fmt", type=click.Choice(["md", "junit", "html", "json"]), default="md", show_default=True)
@@ -341,15 +466,17 @@ def report(report: Path, fmt: str) -> None:
 
     try:
         document = json.loads(report.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as error:
-        click.echo(f"{report}: not a report.json ({error})", err=True)
+    except (ValueError, UnicodeDecodeError, OSError) as error:
+        echo(f"{report}: not a report.json ({error})", err=True)
+        sys.exit(EXIT_INVALID)
+    except RecursionError:
+        echo(f"{report}: not a report.json (nested too deeply)", err=True)
         sys.exit(EXIT_INVALID)
     if not isinstance(document, dict) or "verdict" not in document or "schema_version" not in document:
-        click.echo(f"{report}: not an editgate report.json (no verdict or schema_version)", err=True)
+        echo(f"{report}: not an editgate report.json (no verdict or schema_version)", err=True)
         sys.exit(EXIT_INVALID)
     if document["schema_version"] != 1:
-        click.echo(f"{report}: schema version {document['schema_version']!r}; this editgate reads version 1",
-                   err=True)
+        echo(f"{report}: schema version {document['schema_version']!r}; this editgate reads version 1", err=True)
         sys.exit(EXIT_INVALID)
     try:
         if fmt == "md":
@@ -360,8 +487,8 @@ def report(report: Path, fmt: str) -> None:
             text = render_html(document, report.parent / "perplexity.png")
         else:
             text = json.dumps(document, indent=2)
-    except (KeyError, TypeError, AttributeError) as error:
-        click.echo(f"{report}: malformed report.json ({type(error).__name__}: {error})", err=True)
+    except (KeyError, TypeError, AttributeError, ValueError, RecursionError) as error:
+        echo(f"{report}: malformed report.json ({type(error).__name__}: {error})", err=True)
         sys.exit(EXIT_INVALID)
     click.echo(text.rstrip("\n"))
 
@@ -378,8 +505,8 @@ def init(directory: Path, force: bool) -> None:
     except InputError as error:
         _fail_input(error)
     for path in written:
-        click.echo(f"created {path}")
-    click.echo(f"next: editgate validate {directory}  (then: editgate run --repo {directory})")
+        echo(f"created {path}")
+    echo(f"next: editgate validate {directory}  (then: editgate run --repo {directory})")
 
 
 @main.command("apply-delta")
@@ -418,11 +545,11 @@ def apply_delta(model_spec: str, delta: Path, out: Path, device: str, cache_dir:
     except InputError as error:
         _fail_input(error)
     except (Exception, KeyboardInterrupt) as error:
-        click.echo(f"apply-delta failed: {type(error).__name__}: {error}", err=True)
+        echo(f"apply-delta failed: {type(error).__name__}: {error}", err=True)
         if os.environ.get("EDITGATE_DEBUG"):
             traceback.print_exc()
         sys.exit(EXIT_RUN_FAILED)
-    click.echo(f"applied {len(written)} tensor(s) from {delta} to {model_spec}; saved to {out}")
+    echo(f"applied {len(written)} tensor(s) from {delta} to {model_spec}; saved to {out}")
 
 
 if __name__ == "__main__":

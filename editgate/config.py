@@ -1,19 +1,27 @@
 """The repository's `editgate.yaml`: which model, method, manifests and policy a run uses.
 
 Every key is optional (an absent file means all defaults, which run offline on the embedded model).
-The file can be changed by a pull request, so paths it names must stay inside the repository.
+The file can be changed by a pull request, so it decides nothing that belongs to the runner: paths it
+names stay inside the repository (editgate/paths.py), counts are bounded by what the runner has, and
+whether remote code may run and where the shared cache lives are set only by the runner's owner
+(`--trust-remote-code` / `EDITGATE_TRUST_REMOTE_CODE=1`, `--cache-dir` / `EDITGATE_CACHE_DIR`).
 """
 
 from __future__ import annotations
 
-import glob
+import os
 import re
-from dataclasses import dataclass, field, fields
+import stat
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from editgate.errors import InputError, Problem
-from editgate.policy import BUILTIN_POLICIES, builtin_policy_path, path_inside
+from editgate.globbing import PatternError, check_pattern, glob_match, walk_files
+from editgate.limits import MAX_SEED, MAX_THREADS
+from editgate.paths import path_inside
+from editgate.policy import BUILTIN_POLICIES, builtin_policy_path
+from editgate.safetext import has_control
 from editgate.yamlio import (
     describe, did_you_mean, line_of, line_of_mentioned, load_yaml, plain, quote_hint, unknown_key,
 )
@@ -22,6 +30,24 @@ CONFIG_NAMES = ("editgate.yaml", "editgate.yml")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 _DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+|multi)$")
 DEFAULT_POLICY = "policies/default.yaml"
+DEFAULT_CACHE_DIR = "~/.cache/editgate"
+CACHE_ENV = "EDITGATE_CACHE_DIR"
+REMOTE_CODE_ENV = "EDITGATE_TRUST_REMOTE_CODE"
+# what only the runner's owner may set; the message says how
+RUNNER_KEYS = {
+    "trust_remote_code": "running the model repository's code is the runner owner's decision, never a pull "
+                         f"request's: remove it here; the workflow may pass --trust-remote-code or set {REMOTE_CODE_ENV}=1",
+    "cache_dir": "the cache is shared by every job on the runner, so its place is the runner's: remove it here; "
+                 f"pass --cache-dir or set {CACHE_ENV} (default {DEFAULT_CACHE_DIR})",
+}
+
+
+def runner_cache_dir() -> str:
+    return os.environ.get(CACHE_ENV) or DEFAULT_CACHE_DIR
+
+
+def runner_trusts_remote_code() -> bool:
+    return os.environ.get(REMOTE_CODE_ENV, "").strip().lower() in ("1", "true", "yes")
 
 
 @dataclass
@@ -36,8 +62,8 @@ class Config:
     hparams: dict[str, dict] = field(default_factory=dict)
     manifests: list[str] = field(default_factory=lambda: ["edits/**/*.yaml"])
     policy: str = DEFAULT_POLICY
-    cache_dir: str = "~/.cache/editgate"
-    trust_remote_code: bool = False
+    cache_dir: str = field(default_factory=runner_cache_dir)  # the runner's (see RUNNER_KEYS)
+    trust_remote_code: bool = field(default_factory=runner_trusts_remote_code)  # the runner's
     threads: int | None = None
     seed: int = 0
     source_file: str | None = None  # "editgate.yaml" as shown to users, or None when absent
@@ -60,23 +86,36 @@ class Config:
         found: dict[str, Path] = {}
         shown = self.source_file or str(self.root)  # no editgate.yaml: the problem is the repository's
         line = self.key_lines.get("manifests")
+        walk = walk_files(self.root)
+        if walk.truncated:
+            problems.append(Problem(shown, line, "manifests: the repository has too many files to search "
+                                                 f"(more than {len(walk.files)} seen); keep it smaller"))
         for pattern in self.manifests:
             relative = _relative_pattern(self.root, pattern)
             if relative is None:
                 problems.append(Problem(shown, line, f"manifests: {pattern!r} is outside the repository"))
                 continue
-            matches = [m for m in glob.glob(relative, root_dir=self.root, recursive=True)
-                       if (self.root / m).is_file()]
+            matches = [m for m in walk.files if glob_match(relative, m)]
             if not matches:
                 where = "" if "manifests" in self.key_lines else " (the default; set 'manifests:' in editgate.yaml)"
                 problems.append(Problem(shown, line, f"manifests: no file matches {pattern!r}{where}"))
             for match in matches:
-                key = Path(match).as_posix()
-                if path_inside(self.root, match) is None:
-                    problems.append(Problem(key, None, "is a link to a file outside the repository"))
+                problem = _manifest_file_problem(self.root, match)
+                if problem is not None:
+                    problems.append(problem)
                     continue
-                found.setdefault(key, self.root / match)
+                found.setdefault(match, self.root / match)
         return [found[k] for k in sorted(found)], problems
+
+    def model_spec(self) -> str:
+        """The model to load: a relative path means a path inside the repository (when it exists there),
+        an absolute path a directory on the runner, anything else a builtin name or a hub id."""
+        if self.model.startswith("builtin:") or Path(self.model).is_absolute():
+            return self.model
+        inside = path_inside(self.root, self.model)
+        if inside is not None and (self.root / self.model).exists():
+            return str(inside)
+        return self.model
 
     def policy_path(self) -> Path:
         """The policy file: a packaged one for `builtin:<name>`, else inside the repository.
@@ -102,9 +141,8 @@ class Config:
         return self.policy
 
     def cache_path(self) -> Path:
-        """The cache directory, with ~ expanded; a relative path is relative to the repository."""
-        path = Path(self.cache_dir).expanduser()
-        return path if path.is_absolute() else self.root / path
+        """The runner's cache directory, with ~ expanded (relative: to the working directory)."""
+        return Path(self.cache_dir).expanduser().absolute()
 
 
 def load_config(repo: Path) -> Config:
@@ -116,9 +154,30 @@ def load_config(repo: Path) -> Config:
 
 
 def find_config_file(repo: Path) -> Path | None:
+    """The config file's path when one exists under either name (whatever kind of file it is)."""
     for name in CONFIG_NAMES:
-        if (repo / name).is_file():
+        if os.path.lexists(repo / name):
             return repo / name
+    return None
+
+
+def _config_file_problem(root: Path) -> Problem | None:
+    """Two config files, or one that is not a readable regular file: never silently "no config"."""
+    present = [name for name in CONFIG_NAMES if os.path.lexists(root / name)]
+    if len(present) > 1:
+        return Problem(present[1], None, f"both {' and '.join(present)} exist and only one is read; keep one")
+    if not present:
+        return None
+    path = root / present[0]
+    if path.is_symlink() and not path.exists():
+        return Problem(present[0], None, "is a link to a file that does not exist")
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as error:
+        return Problem(present[0], None, f"cannot be read: {error.strerror or error}")
+    if not stat.S_ISREG(mode):
+        kind = "a directory" if stat.S_ISDIR(mode) else "not a regular file"
+        return Problem(present[0], None, f"is {kind}; editgate.yaml must be a YAML file")
     return None
 
 
@@ -133,6 +192,9 @@ def load_config_collecting(repo: Path) -> tuple[Config, list[Problem], set[str]]
     if path is None:
         return config, [], set()
     config.source_file = path.name
+    problem = _config_file_problem(root)
+    if problem is not None:
+        return config, [problem], {"*"}
     if path_inside(root, path.name) is None:
         return config, [Problem(path.name, None, "is a link to a file outside the repository")], {"*"}
     try:
@@ -149,7 +211,7 @@ def load_config_collecting(repo: Path) -> tuple[Config, list[Problem], set[str]]
     return config, problems, bad
 
 
-_KEYS = [f.name for f in fields(Config) if f.name not in ("root", "source_file", "policy_explicit")]
+_KEYS = ["model", "dtype", "device", "method", "hparams", "manifests", "policy", "threads", "seed"]
 
 
 def _apply(config: Config, data: dict, shown: str, problems: list[Problem], bad: set[str]) -> None:
@@ -157,6 +219,10 @@ def _apply(config: Config, data: dict, shown: str, problems: list[Problem], bad:
         if hasattr(data, "key_lines") else {}
     for key, value in data.items():
         line = line_of(data, key)
+        if key in RUNNER_KEYS:
+            problems.append(Problem(shown, line, f"{key}: {RUNNER_KEYS[key]}"))
+            bad.add(key)
+            continue
         if key not in _KEYS:
             problems.append(Problem(shown, line, unknown_key("setting", key, _KEYS)))
             continue
@@ -173,7 +239,7 @@ def _apply(config: Config, data: dict, shown: str, problems: list[Problem], bad:
         _check_all_hparams(config, data, shown, problems)
 
 
-_TEXT_KEYS = {"model", "dtype", "device", "method", "policy", "cache_dir"}
+_TEXT_KEYS = {"model", "dtype", "device", "method", "policy"}
 
 
 def _text(value: Any) -> tuple[str | None, Any]:
@@ -207,14 +273,37 @@ def _method(config: Config, value: Any) -> tuple[str | None, Any]:
     return f"unknown method {text!r}{did_you_mean(text, method_names())}; choose one of {', '.join(method_names())}", None
 
 
+MAX_PATTERNS = 64
+
+
 def _manifests(config: Config, value: Any) -> tuple[str | None, Any]:
     patterns = [value] if isinstance(value, str) else value
     if not isinstance(patterns, list) or not patterns or not all(isinstance(p, str) and p.strip() for p in patterns):
         return f"must be a glob or a list of globs, not {describe(value)}", None
+    if len(patterns) > MAX_PATTERNS:
+        return f"at most {MAX_PATTERNS} globs; use fewer, wider ones", None
     for pattern in patterns:
+        if has_control(pattern):
+            return f"{pattern!r} contains a control character; remove it", None
+        try:
+            check_pattern(pattern)
+        except PatternError as error:
+            return f"{pattern[:60]!r}... {error}", None
         if _relative_pattern(config.root, pattern) is None:
             return f"{pattern!r} is outside the repository; use a path relative to it, without '..'", None
     return None, [p.strip() for p in patterns]
+
+
+def _manifest_file_problem(root: Path, relative: str) -> Problem | None:
+    """A matched manifest must be a file inside the repository with a printable name."""
+    if has_control(relative):
+        return Problem(repr(relative), None, "a manifest's file name contains a control character "
+                                             "(a line break, say); rename the file")
+    if path_inside(root, relative) is None:
+        return Problem(relative, None, "is a link to a file outside the repository")
+    if not (root / relative).is_file():
+        return Problem(relative, None, "is a link to a file that does not exist")
+    return None
 
 
 def _relative_pattern(root: Path, pattern: str) -> str | None:
@@ -247,21 +336,31 @@ def _policy(config: Config, value: Any) -> tuple[str | None, Any]:
     return None, text
 
 
-def _bool(config: Config, value: Any) -> tuple[str | None, Any]:
-    if not isinstance(value, bool):
-        return f"must be true or false, not {describe(value)}", None
-    return None, value
-
-
-def _int(minimum: int, allow_none: bool) -> Any:
+def _int(minimum: int, maximum: Any, allow_none: bool) -> Any:
+    """A whole number in [minimum, maximum()]; the maximum is a function (the runner's core count)."""
     def check(config: Config, value: Any) -> tuple[str | None, Any]:
         if value is None and allow_none:
             return None, None
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        top = maximum()
+        if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= top:
             extra = " or empty (automatic)" if allow_none else ""
-            return f"must be a whole number of at least {minimum}{extra}, not {describe(value)}", None
+            return f"must be a whole number from {minimum} to {top}{extra}, not {describe(value)}", None
         return None, value
     return check
+
+
+def _model(config: Config, value: Any) -> tuple[str | None, Any]:
+    message, text = _text(value)
+    if message:
+        return message, None
+    if text.startswith("~"):
+        return (f"{text!r} starts with '~'; a path here is relative to the repository, or absolute "
+                "for a directory on the runner"), None
+    if has_control(text):
+        return f"{text!r} contains a control character; remove it", None
+    if not Path(text).is_absolute() and not text.startswith("builtin:") and path_inside(config.root, text) is None:
+        return f"{text!r} is outside the repository; use a path inside it, an absolute path or a model id", None
+    return None, text
 
 
 def _hparams(config: Config, value: Any) -> tuple[str | None, Any]:
@@ -273,17 +372,15 @@ def _hparams(config: Config, value: Any) -> tuple[str | None, Any]:
 
 
 _CHECKS = {
-    "model": lambda c, v: _text(v),
+    "model": _model,
     "dtype": _choice(DTYPES),
     "device": _device,
     "method": _method,
     "hparams": _hparams,
     "manifests": _manifests,
     "policy": _policy,
-    "cache_dir": lambda c, v: _text(v),
-    "trust_remote_code": _bool,
-    "threads": _int(1, allow_none=True),
-    "seed": _int(0, allow_none=False),
+    "threads": _int(1, lambda: MAX_THREADS, allow_none=True),  # and at most the runner's cores (models.set_threads)
+    "seed": _int(0, lambda: MAX_SEED, allow_none=False),
 }
 
 

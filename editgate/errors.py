@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from editgate.safetext import printable
+
 
 @dataclass(frozen=True)
 class Problem:
@@ -14,8 +16,9 @@ class Problem:
     message: str
 
     def __str__(self) -> str:
+        """One printable line: file names and messages quote pull-request text (editgate/safetext.py)."""
         where = f"{self.file}:{self.line}" if self.line else self.file
-        return f"{where}: {self.message}"
+        return printable(f"{where}: {self.message}")
 
 
 class InputError(Exception):

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from editgate.errors import InputError, Problem
+from editgate.safetext import has_control, printable
 from editgate.yamlio import (
     describe, line_of, line_of_mentioned, load_yaml, plain, quote_hint, unknown_key,
 )
@@ -26,6 +27,7 @@ EDIT_FIELDS = ("id", "prompt", "subject", "target", "ground_truth", "paraphrases
                "method", "hparams")
 MANIFEST_KEYS = ("edits", "method", "hparams")
 LOCALITY_FIELDS = ("prompt", "answer")
+MAX_ID_LENGTH = 200
 COUNTERFACT_FIELDS = ("case_id", "prompt", "subject", "target_new", "ground_truth",
                       "rephrase_prompt", "locality_prompt", "locality_ground_truth")
 
@@ -130,9 +132,13 @@ class _File:
         self.problems: list[Problem] = []
 
     def claim_id(self, edit_id: str | None, line: int | None) -> None:
-        """Ids name edits in reports and --base-ref comparisons, so they must be unique everywhere."""
+        """Ids name edits in reports, logs and --base-ref comparisons, so they must be unique everywhere
+        and printable (a line break in an id would forge a line of the CI log)."""
         if edit_id is None:
             return
+        if has_control(edit_id) or len(edit_id) > MAX_ID_LENGTH:
+            self.problem(line, f"edit {printable(edit_id)[:80]!r}: an id is at most {MAX_ID_LENGTH} characters "
+                               "without control characters (line breaks, escapes); rename it")
         first = self.ids.get(edit_id)
         if first is not None:
             self.problem(line, f"edit {edit_id!r}: duplicate id, already used at {first}; ids must be unique")

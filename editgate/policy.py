@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from editgate.errors import InputError, Problem
+from editgate.limits import MAX_BATCH_TOKENS, MAX_SEED, MAX_TEXTS, MAX_TOKENS
 from editgate.yamlio import LineDict, describe, line_of, load_yaml, quote_hint, unknown_key
 
 BUILTIN_POLICIES = ("default", "strict", "lenient")
@@ -139,16 +140,16 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def _positive_int(v: Any) -> str | None:
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        return "must be a whole number of at least 1"
-    return None
+def _whole(low: int, high: int) -> Rule:
+    """A whole number in [low, high]: the upper bounds keep a pull request from exhausting the runner."""
+    def rule(v: Any) -> str | None:
+        if isinstance(v, bool) or not isinstance(v, int) or not low <= v <= high:
+            return f"must be a whole number from {low} to {high:,}"
+        return None
+    return rule
 
 
-def _nonnegative_int(v: Any) -> str | None:
-    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-        return "must be a whole number of at least 0"
-    return None
+_EVERY = 1_000_000  # check_every / run_at: a period in edits; beyond any repository's length
 
 
 def _ratio(v: Any) -> str | None:
@@ -186,15 +187,15 @@ def _positive_number(v: Any) -> str | None:
 def _run_at(v: Any) -> str | None:
     if v == "end":
         return None
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        return "must be \"end\" or a whole number N of at least 1 (every N edits)"
+    if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= _EVERY:
+        return f"must be \"end\" or a whole number N from 1 to {_EVERY:,} (every N edits)"
     return None
 
 
 _RULES: dict[str, Rule] = {
-    "corpus": _text, "samples": _positive_int, "max_tokens": _positive_int,
-    "check_every": _positive_int, "warn_ratio": _ratio, "fail_ratio": _ratio,
-    "collapse_ratio": _ratio, "seed": _nonnegative_int, "batch_tokens": _positive_int,
+    "corpus": _text, "samples": _whole(1, MAX_TEXTS), "max_tokens": _whole(1, MAX_TOKENS),
+    "check_every": _whole(1, _EVERY), "warn_ratio": _ratio, "fail_ratio": _ratio,
+    "collapse_ratio": _ratio, "seed": _whole(0, MAX_SEED), "batch_tokens": _whole(1, MAX_BATCH_TOKENS),
     "early_stop": _boolean, "prefix_cache": _boolean,
     "suite": _text, "run_at": _run_at, "max_drop": _fraction,
     "min_efficacy": _fraction, "min_generalization": _fraction, "min_locality": _fraction,
@@ -238,21 +239,9 @@ def _check_ordering(pp: PerplexityPolicy, data: Any, shown_as: str, problems: li
 
 
 def _check_corpus(corpus: str, data: Any, shown_as: str, root: Path | None, problems: list[Problem]) -> None:
-    """A corpus named by path is read from the repository; it must not reach outside it."""
-    if root is None or corpus.startswith(("builtin:", "hf:")):
-        return
-    if path_inside(root, corpus) is None:
-        problems.append(Problem(
-            shown_as, line_of(data, "corpus"),
-            f"perplexity.corpus {corpus!r} is outside the repository; use a path inside it",
-        ))
+    """The corpus is read now, as the run will read it, so a broken one fails validation, not the run."""
+    from editgate.corpora import check_corpus
 
-
-def path_inside(root: Path, relative: str) -> Path | None:
-    """`root / relative` resolved, or None when it escapes `root` (via '..', an absolute path or a symlink)."""
-    base = root.resolve()
-    candidate = Path(relative)
-    full = (candidate if candidate.is_absolute() else base / candidate).resolve()
-    if full == base or base in full.parents:
-        return full
-    return None
+    if root is None and not corpus.startswith("hf:"):
+        return  # a policy file checked on its own: its corpus is relative to a repository not known here
+    problems.extend(check_corpus(corpus, root, shown_as, line_of(data, "corpus")))

@@ -46,6 +46,8 @@ def _load_repo(repo: Path, policy_override: str | None) -> tuple[Config, Policy,
         return config, Policy(), [], problems
     policy, policy_problems = _load_policy(config, policy_override, bad)
     problems += policy_problems
+    if not policy_problems:
+        problems += suite_problems(policy, config.root)
     edits: list[Edit] = []
     if "manifests" not in bad and "*" not in bad:
         paths, path_problems = config.manifest_paths_collecting()
@@ -70,6 +72,40 @@ def _load_policy(config: Config, override: str | None, bad: set[str]) -> tuple[P
     except InputError as e:
         return Policy(), e.problems
     return load_policy_collecting(path, config.policy_shown_as(), config.root)
+
+
+def suite_problems(policy: Policy, root: Path) -> list[Problem]:
+    """The benchmark suite's files, templates and datasets, checked as the run will read them."""
+    spec = policy.benchmarks.suite
+    if spec in ("none", "off"):
+        return []
+    from editgate.metrics.benchmarks import check_suite
+
+    try:
+        check_suite(spec, root)
+    except InputError as error:
+        return [Problem(policy.source, p.line, f"benchmarks.suite: {p.message}") if p.file == "<benchmarks.suite>"
+                else p for p in error.problems]
+    return []
+
+
+def check_model_fit(config: Config, edits: list[Edit], depth: int) -> None:
+    """What needs the loaded model's depth, checked before the first edit: layer hyperparameters."""
+    from editgate.methods import METHODS, layer_problems
+
+    problems: list[Problem] = []
+    for method, values in config.hparams.items():
+        hparams = METHODS[method].HParams().updated(values)
+        problems += [Problem(config.source_file or "editgate.yaml", config.key_lines.get("hparams"),
+                             f"hparams.{method}: {m}") for m in layer_problems(method, hparams, depth)]
+    for edit in edits:
+        method = edit.method or config.method
+        if edit.hparams:  # the layers this edit (or its manifest) sets; editgate.yaml's are checked above
+            hparams = METHODS[method].HParams().updated(edit.hparams)
+            problems += [Problem(edit.source, edit.line, f"edit {edit.id!r}: {m}")
+                         for m in layer_problems(method, hparams, depth)]
+    if problems:
+        raise InputError(_unique(problems))
 
 
 @dataclass

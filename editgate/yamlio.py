@@ -217,7 +217,8 @@ _YAML_HINT = (
 
 def load_yaml(path: Path, shown_as: str, max_bytes: int = MAX_BYTES) -> Any:
     """Read one YAML or JSON file safely; raise InputError naming `shown_as` and the line."""
-    text = _read_text(Path(path), shown_as, max_bytes)
+    text = read_text(Path(path), shown_as, max_bytes)
+    _reject_control_characters(text, shown_as)
     try:
         loader = _Loader(text)
         try:
@@ -234,7 +235,22 @@ def load_yaml(path: Path, shown_as: str, max_bytes: int = MAX_BYTES) -> Any:
         raise InputError(_yaml_problem(e, shown_as)) from None
 
 
-def _read_text(path: Path, shown_as: str, max_bytes: int) -> str:
+# what YAML refuses to read (C0 controls but tab and line breaks, DEL, C1 but NEL, surrogates, BOM-likes)
+_UNREADABLE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x84\x86-\x9f\ufffe\uffff]")
+
+
+def _reject_control_characters(text: str, shown_as: str) -> None:
+    """libyaml reports these by character offset only; say the line and column instead."""
+    match = _UNREADABLE.search(text)
+    if match is None:
+        return
+    line = text.count("\n", 0, match.start()) + 1
+    column = match.start() - (text.rfind("\n", 0, match.start()) + 1) + 1
+    raise InputError(Problem(shown_as, line, f"contains the control character U+{ord(match.group()):04X} "
+                                             f"at column {column}; remove it"))
+
+
+def read_text(path: Path, shown_as: str, max_bytes: int = MAX_BYTES) -> str:
     """Bytes bounded before reading everything (a file may lie about its size, e.g. a FIFO)."""
     try:
         if not path.is_file():
@@ -256,6 +272,35 @@ def _read_text(path: Path, shown_as: str, max_bytes: int) -> str:
         raise InputError(Problem(
             shown_as, line, f"is not valid UTF-8 (byte 0x{data[e.start]:02x}); save the file as UTF-8"
         )) from None
+
+
+def load_records(path: Path, shown_as: str) -> list[tuple[Any, int | None]]:
+    """(record, line) pairs of a JSON file (a list, `{"docs"|"data": [...]}` or a mapping of records),
+    a JSONL file (one record a line), or a text file (one record a non-empty line); bounded like YAML."""
+    suffix = Path(path).suffix.lower()
+    if suffix == ".json":
+        data = load_yaml(path, shown_as)
+        if isinstance(data, dict):
+            wrapped = next((data[k] for k in ("docs", "data") if isinstance(data.get(k), list)), None)
+            data = wrapped if wrapped is not None else LineList(data.values())
+        if not isinstance(data, list):
+            raise InputError(Problem(shown_as, line_of(data), f"expected a list of records, not {describe(data)}"))
+        return [(record, line_of(data, i)) for i, record in enumerate(data)]
+    text = read_text(Path(path), shown_as)
+    records = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        if suffix != ".jsonl":
+            records.append((line, number))
+            continue
+        try:
+            records.append((_with_line_types(json.loads(line)), number))
+        except RecursionError:
+            raise InputError(Problem(shown_as, number, "nested too deeply; flatten the record")) from None
+        except json.JSONDecodeError as e:
+            raise InputError(Problem(shown_as, number, f"invalid JSON: {e.msg}")) from None
+    return records
 
 
 def _size(n: int) -> str:

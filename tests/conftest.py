@@ -51,6 +51,14 @@ def _one_thread():
     torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def _cache_in_tmp(request, tmp_path, monkeypatch):
+    """Fast tests cache in their own tmp_path / "cache" (as a runner would set EDITGATE_CACHE_DIR); the slow
+    end-to-end tests use the default ~/.cache/editgate, so the embedded model is converted once."""
+    if "slow" not in request.keywords:
+        monkeypatch.setenv("EDITGATE_CACHE_DIR", str(tmp_path / "cache"))
+
+
 @pytest.fixture
 def all_threads():
     """Every available core for the duration of a test on the real model."""
@@ -235,9 +243,10 @@ def yaml_hparams(hparams: dict) -> str:
     return "{" + items + "}"
 
 
-def write_repo(repo: Path, model_dir: Path, cache_dir: Path, manifests: dict[str, str], policy: str,
+def write_repo(repo: Path, model_dir: Path, manifests: dict[str, str], policy: str,
                rome: dict | None = None, threads: int = 1) -> Path:
-    """A gated repository on a tiny model: editgate.yaml, policies/default.yaml and the manifests."""
+    """A gated repository on a tiny model: editgate.yaml, policies/default.yaml and the manifests.
+    The cache is the runner's, not the repository's: see `_cache_in_tmp`."""
     write(repo / "editgate.yaml", textwrap.dedent(f"""\
         model: {model_dir}
         device: cpu
@@ -247,7 +256,6 @@ def write_repo(repo: Path, model_dir: Path, cache_dir: Path, manifests: dict[str
           rome: {yaml_hparams({**TINY_ROME, **(rome or {})})}
         manifests: edits/**/*.yaml
         policy: policies/default.yaml
-        cache_dir: {cache_dir}
         threads: {threads}
         """))
     write(repo / "policies" / "default.yaml", policy)
@@ -262,7 +270,7 @@ def tiny_repo(tmp_path, tiny_model_dir) -> Callable[..., Path]:
 
     Options: arch, layers, manifests ({relative path: text}, default two files with three edits),
     warn_ratio/fail_ratio/collapse_ratio, policy (full policy text), rome (hparams overrides).
-    The cache directory is inside the repository's tmp dir, never ~/.cache.
+    The cache directory is the test's tmp_path / "cache" (`_cache_in_tmp`), never ~/.cache.
     """
 
     def make(*, arch: str = "llama", layers: int = 4, manifests: dict[str, str] | None = None,
@@ -270,7 +278,7 @@ def tiny_repo(tmp_path, tiny_model_dir) -> Callable[..., Path]:
              policy: str | None = None, rome: dict | None = None, name: str = "repo") -> Path:
         policy_text = policy or LENIENT_POLICY.format(warn_ratio=warn_ratio, fail_ratio=fail_ratio,
                                                       collapse_ratio=collapse_ratio)
-        return write_repo(tmp_path / name, tiny_model_dir(arch, layers), tmp_path / "cache",
+        return write_repo(tmp_path / name, tiny_model_dir(arch, layers),
                           manifests or {"edits/2026-01-01-a.yaml": EDITS_A, "edits/2026-01-02-b.yaml": EDITS_B},
                           policy_text, rome)
 

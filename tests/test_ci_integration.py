@@ -74,7 +74,7 @@ def git(cwd: Path, *args: str) -> str:
     return proc.stdout
 
 
-def config_text(model_dir: Path, cache: Path) -> str:
+def config_text(model_dir: Path) -> str:
     return textwrap.dedent(f"""\
         model: {model_dir}
         device: cpu
@@ -84,7 +84,6 @@ def config_text(model_dir: Path, cache: Path) -> str:
           rome: {yaml_hparams(TINY_ROME)}
         manifests: edits/**/*.yaml
         policy: policies/default.yaml
-        cache_dir: {cache}
         threads: 2
         """)
 
@@ -104,7 +103,7 @@ def pr_workspace(tmp_path_factory, tiny_model_dir):
     root = tmp_path_factory.mktemp("ci")
     ws = root / "ws"
     gated = ws / "gated"
-    write(gated / "editgate.yaml", config_text(tiny_model_dir("llama", 4), root / "cache"))
+    write(gated / "editgate.yaml", config_text(tiny_model_dir("llama", 4)))
     write(gated / "policies" / "default.yaml", POLICY)
     write(gated / "edits" / "2026-01-01-a.yaml", BASE_MANIFEST)
     git(ws, "init", "-q", "-b", "main")
@@ -437,11 +436,11 @@ def test_init_then_validate_then_run(tmp_path, tiny_model_dir):
                                                                         collapse_ratio=100.0))
     result = run_cli("run", "--repo", str(target), "--model", str(tiny_model_dir("llama", 4)), "--device", "cpu",
                      "--dtype", "float32", "--policy", str(small), "--out", str(tmp_path / "out"), "--quiet",
-                     env={"HOME": str(tmp_path / "home")})
+                     env={"HOME": str(tmp_path / "home"), "EDITGATE_CACHE_DIR": ""})
     assert result.exit_code == 0, result.output
     doc = read_json(tmp_path / "out" / "report.json")
     assert [e["id"] for e in doc["edits"]] == ["example-eiffel-tower-city"] and doc["verdict"] == "passed"
-    assert (tmp_path / "home" / ".cache" / "editgate").is_dir()  # the scaffold's cache_dir, under HOME
+    assert (tmp_path / "home" / ".cache" / "editgate").is_dir()  # the default cache, under HOME
 
 
 # --- workflow, action and pre-commit files ----------------------------------------------------------

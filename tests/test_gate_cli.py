@@ -178,8 +178,9 @@ edits:
 
 
 def test_collapse_stops_the_run(tiny_repo, tmp_path):
-    """An edit whose update is not finite (an infinite learning rate, no norm clamp) makes the weights
-    NaN: the check reports a collapse and stops the run instead of crashing."""
+    """An overdriven fine-tune (learning rate 100, no effective norm bound) in float16 overflows the
+    activations to infinity and NaN: the check reports a collapse and stops the run instead of crashing.
+    (Non-finite hyperparameters themselves are input errors: tests/test_hostile.py.)"""
     manifest = """\
 edits:
   - id: fine
@@ -190,7 +191,8 @@ edits:
     prompt: "{} is located in the country of"
     subject: The Taj Mahal
     target: Egypt
-    hparams: {clamp_norm_factor: .inf, v_lr: .inf}
+    method: ft
+    hparams: {lr: 100.0, norm_constraint: 1000000.0, early_stop_nll: 0.0, steps: 50}
   - id: never
     prompt: "{} was founded by"
     subject: Microsoft
@@ -198,7 +200,7 @@ edits:
 """
     repo = tiny_repo(manifests={"edits/m.yaml": manifest})
     out = tmp_path / "out"
-    result = run_cli("run", "--repo", str(repo), "--out", str(out))
+    result = run_cli("run", "--repo", str(repo), "--out", str(out), "--dtype", "float16")
     assert result.exit_code == 1
     doc = read_report(out)  # also proves NaN/inf are written as strings, not as invalid JSON
     assert doc["verdict"] == "failed" and doc["stopped_early"] is True
@@ -300,22 +302,29 @@ def test_missing_model_exits_3_with_an_error_report(tiny_repo, tmp_path):
     assert (out / "report.md").read_text(encoding="utf-8").startswith("## 💥 editgate: error")
 
 
-def test_layer_out_of_range_exits_3_and_keeps_the_partial_report(tiny_repo, tmp_path):
+def test_layer_beyond_the_model_is_invalid_input_found_before_the_first_edit(tiny_repo, tmp_path):
+    """A layer index is checked against the loaded model's depth before any edit: exit 2 with the file
+    and line, not an edit of the wrong layer (Python's -1) nor a crash part-way."""
     repo = tiny_repo(rome={"layer": 9})
     out = tmp_path / "out"
     result = run_cli("run", "--repo", str(repo), "--out", str(out), "--quiet")
-    assert result.exit_code == 3
+    assert result.exit_code == 2, result.output
+    assert "editgate.yaml:5: hparams.rome: hyperparameter 'layer' of method 'rome' is 9, but the model has 4 layers" \
+        in result.output
     doc = read_report(out)
-    assert doc["verdict"] == "error" and "out of range" in doc["error"]
-    assert isinstance(doc["baseline"]["perplexity"], float)  # measured before the failure
-    assert [e["status"] for e in doc["edits"]] == ["not-run"] * 3
+    assert doc["verdict"] == "invalid" and doc["problems"][0]["line"] == 5
 
 
-def test_unexpected_crash_exits_3_with_a_report_not_a_traceback(tiny_repo, tmp_path):
-    """stats_samples: 0 passes validation (an integer) but leaves nothing to compute statistics from;
-    whatever breaks inside the run must end as exit 3 with report.json, never as exit 1 (which means
-    "the gate failed") with a traceback and no report."""
-    repo = tiny_repo(rome={"stats_samples": 0})
+def test_unexpected_crash_exits_3_with_a_report_not_a_traceback(tiny_repo, tmp_path, monkeypatch):
+    """Whatever breaks inside the run (here the method itself) must end as exit 3 with report.json, never
+    as exit 1 (which means "the gate failed") with a traceback and no report."""
+    from editgate.methods.rome import Rome
+
+    def crash(self, edits, hparams):
+        raise RuntimeError("simulated failure inside the method")
+
+    monkeypatch.setattr(Rome, "apply", crash)
+    repo = tiny_repo()
     out = tmp_path / "out"
     result = run_cli("run", "--repo", str(repo), "--out", str(out), "--quiet")  # re-raises any crash
     assert result.exit_code == 3, result.output

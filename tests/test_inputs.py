@@ -313,9 +313,10 @@ def test_config_unknown_key_and_bad_values(tmp_path):
     assert got[0] == "editgate.yaml:1: unknown setting 'modle' (did you mean 'model'?)"
     assert got[1].startswith("editgate.yaml:2: dtype: 'fp16' is not one of auto, float32, bfloat16, float16")
     assert got[2].startswith("editgate.yaml:3: device: 'gpu' is not a device")
-    assert got[3].startswith("editgate.yaml:4: threads: must be a whole number of at least 1")
+    assert got[3].startswith("editgate.yaml:4: threads: must be a whole number from 1 to ")
     assert got[4].startswith("editgate.yaml:5: method: unknown method 'rom' (did you mean 'rome'?)")
-    assert got[5].startswith("editgate.yaml:6: trust_remote_code: must be true or false")
+    assert got[5].startswith("editgate.yaml:6: trust_remote_code: running the model repository's code is the "
+                             "runner owner's decision")
     assert len(got) == 6  # hparams are checked only once `method` is valid
 
 
@@ -394,7 +395,7 @@ benchmark: {}
         load_policy(path, "policies/p.yaml")
     assert messages(e) == [
         "policies/p.yaml:2: perplexity.warn_ratio (1.6) must not exceed perplexity.fail_ratio (1.5)",
-        "policies/p.yaml:5: benchmarks.run_at must be \"end\" or a whole number N of at least 1 "
+        "policies/p.yaml:5: benchmarks.run_at must be \"end\" or a whole number N from 1 to 1,000,000 "
         "(every N edits), not 'sometimes'",
         "policies/p.yaml:6: benchmarks.max_drop must be a number between 0 and 1, not a number (5)",
         "policies/p.yaml:8: edits.min_efficacy must be a number between 0 and 1, not a number (1.5)",
@@ -409,7 +410,7 @@ def test_policy_ratios_and_counts(tmp_path):
     with pytest.raises(InputError) as e:
         load_policy(path, "p.yaml", root=tmp_path)
     got = messages(e)
-    assert got[0].startswith("p.yaml:2: perplexity.samples must be a whole number of at least 1")
+    assert got[0].startswith("p.yaml:2: perplexity.samples must be a whole number from 1 to 100,000")
     assert got[1].startswith("p.yaml:3: perplexity.fail_ratio must be a number of at least 1")
     assert got[2].startswith("p.yaml:4: perplexity.check_every must be a whole number")
     assert got[3].startswith("p.yaml:5: perplexity.corpus '../../etc/passwd' is outside the repository")
@@ -443,7 +444,7 @@ def test_load_inputs_collects_problems_from_all_inputs(tmp_path):
     with pytest.raises(InputError) as e:
         load_inputs(tmp_path)
     got = messages(e)
-    assert got[0].startswith("editgate.yaml:2: seed: must be a whole number of at least 0")
+    assert got[0].startswith("editgate.yaml:2: seed: must be a whole number from 0 to 4294967295")
     assert got[1].startswith("policies/default.yaml:1: perplexity.samples must be a whole number")
     assert "edits/z.yaml:2: edit 'eiffel': duplicate id, already used at edits/2026-11-01-capitals.yaml:2; " \
            "ids must be unique" in got

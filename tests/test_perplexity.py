@@ -190,7 +190,7 @@ def test_corpus_path_escaping_the_repository_is_refused(spec, tmp_path):
     outside.write_text("secret\n")
     (repo / "link.txt").symlink_to(outside)
     spec = str(outside) if spec == "OUTSIDE_ABS" else spec
-    with pytest.raises(InputError, match="leaves the repository"):
+    with pytest.raises(InputError, match="outside the repository"):
         load_texts(spec, "perplexity", repo)
 
 

@@ -37,7 +37,8 @@ edits:
     prompt: "{} was founded by"
     subject: Microsoft
     target: Steve Jobs
-    hparams: {clamp_norm_factor: .inf, v_lr: .inf}
+    method: ft
+    hparams: {lr: 100.0, norm_constraint: 1000000.0, early_stop_nll: 0.0, steps: 50}
 
   - id: never
     prompt: "{} is located in the city of"
@@ -48,7 +49,7 @@ edits:
 
 def make_repo(root: Path, model_dir: Path, manifests: dict[str, str], policy: str, rome: dict | None = None) -> Path:
     """A gated repository like conftest's tiny_repo, for module-scoped runs."""
-    return write_repo(root, model_dir, root.parent / "cache", manifests, policy, rome, threads=2)
+    return write_repo(root, model_dir, manifests, policy, rome, threads=2)
 
 
 def run_cli(*args: str, env: dict | None = None):
@@ -74,12 +75,15 @@ def read_json(path: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def collapsed_run(tmp_path_factory, tiny_model_dir):
-    """A run whose third edit makes the weights NaN: a culprit, a collapse, a not-run edit."""
+    """A run whose third edit (an overdriven fine-tune in float16) overflows to NaN: a culprit, a collapse,
+    a not-run edit."""
     root = tmp_path_factory.mktemp("collapsed")
     policy = LENIENT_POLICY.format(warn_ratio=1.001, fail_ratio=1.003, collapse_ratio=100.0)
     repo = make_repo(root / "repo", tiny_model_dir("llama", 4), {"edits/2026-03-01-m.yaml": COLLAPSING}, policy)
     out = root / "out"
-    result = run_cli("run", "--repo", str(repo), "--out", str(out))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("EDITGATE_CACHE_DIR", str(root / "cache"))
+        result = run_cli("run", "--repo", str(repo), "--out", str(out), "--dtype", "float16")
     return repo, out, result
 
 
@@ -90,7 +94,9 @@ def passed_run(tmp_path_factory, tiny_model_dir):
     repo = make_repo(root / "repo", tiny_model_dir("llama", 4),
                      {"edits/2026-01-01-a.yaml": EDITS_A, "edits/2026-01-02-b.yaml": EDITS_B}, policy)
     out = root / "out"
-    result = run_cli("run", "--repo", str(repo), "--out", str(out), "--quiet")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("EDITGATE_CACHE_DIR", str(root / "cache"))
+        result = run_cli("run", "--repo", str(repo), "--out", str(out), "--quiet")
     return repo, out, result
 
 
@@ -134,7 +140,7 @@ def test_passed_run_report_matches_the_schema(passed_run):
         ["efficacy >= 0.0", "generalization >= 0.0", "locality >= 0.0"]
 
 
-def test_error_documents_match_the_schema(tmp_path, tiny_model_dir):
+def test_error_documents_match_the_schema(tmp_path, tiny_model_dir, monkeypatch):
     policy = LENIENT_POLICY.format(warn_ratio=5.0, fail_ratio=10.0, collapse_ratio=100.0)
     model = tiny_model_dir("llama", 4)
     # invalid input: a manifest without a target (exit 2, nothing loaded)
@@ -151,14 +157,29 @@ def test_error_documents_match_the_schema(tmp_path, tiny_model_dir):
     result = run_cli("run", "--repo", str(ok), "--model", str(tmp_path / "nope"), "--out", str(tmp_path / "error"), "--quiet")
     assert result.exit_code == 3
     validate(read_json(tmp_path / "error" / "report.json"))
-    # the run failed part-way (a layer out of range): the partial report is valid too
-    partial = make_repo(tmp_path / "partial", model, {"edits/a.yaml": EDITS_A}, policy, rome={"layer": 9})
+    # invalid input found once the model is loaded (a layer beyond its depth): exit 2, a valid report
+    deep = make_repo(tmp_path / "deep", model, {"edits/a.yaml": EDITS_A}, policy, rome={"layer": 9})
+    result = run_cli("run", "--repo", str(deep), "--out", str(tmp_path / "deep-out"), "--quiet")
+    assert result.exit_code == 2
+    doc = read_json(tmp_path / "deep-out" / "report.json")
+    validate(doc)
+    assert doc["verdict"] == "invalid" and doc["problems"][0]["file"] == "editgate.yaml"
+    # the run failed part-way (the method crashed after the baseline): the partial report is valid too
+    from editgate.methods.rome import Rome
+
+    def crash(self, edits, hparams):
+        raise RuntimeError("simulated failure inside the method")
+
+    monkeypatch.setattr(Rome, "apply", crash)
+    partial = make_repo(tmp_path / "partial", model, {"edits/a.yaml": EDITS_A}, policy)
     result = run_cli("run", "--repo", str(partial), "--out", str(tmp_path / "partial-out"), "--quiet")
     assert result.exit_code == 3
     doc = read_json(tmp_path / "partial-out" / "report.json")
     validate(doc)
     assert doc["verdict"] == "error" and isinstance(doc["baseline"]["perplexity"], float)
     assert doc["policy"]["perplexity"]["fail_ratio"] == 10.0
+    validate(error_document("interrupted", 4, "interrupted by SIGTERM", partial={
+        k: doc[k] for k in ("edits", "policy", "baseline", "timings")}))
     # documents built directly
     validate(error_document("invalid", 2, "invalid input", [Problem("edits/a.yaml", 3, "bad"), "plain text"]))
     validate(error_document("error", 3, "RunError: out of memory"))

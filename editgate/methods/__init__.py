@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from typing import Any
 
+from editgate.limits import MAX_LAYERS_LISTED
 from editgate.methods.base import AppliedEdit, EditMethod
 from editgate.methods.ft import FineTune
 from editgate.methods.memit import AlphaEdit, Memit
@@ -18,7 +20,7 @@ from editgate.methods.rome import Rome
 
 METHODS: dict[str, type[EditMethod]] = {cls.name: cls for cls in (Rome, Memit, AlphaEdit, FineTune, MemoryEditor)}
 
-__all__ = ["AppliedEdit", "EditMethod", "METHODS", "method_names", "get_method", "check_hparams"]
+__all__ = ["AppliedEdit", "EditMethod", "METHODS", "method_names", "get_method", "check_hparams", "layer_problems"]
 
 
 def method_names() -> list[str]:
@@ -50,9 +52,39 @@ def check_hparams(method: str, hparams: dict[str, Any]) -> list[str]:
                 f"hyperparameter {key!r} of method {method!r} must be {_describe(expected)}, "
                 f"not {type(value).__name__} {value!r}"
             )
+            continue
+        problems.extend(_range_problems(method, key, value, METHODS[method].HParams.ranges().get(key)))
     value_check = getattr(METHODS[method].HParams, "value_problems", None)
     if not problems and value_check is not None:  # values only once every key and type is right
         problems.extend(value_check(hparams))
+    return problems
+
+
+def _range_problems(method: str, key: str, value: Any, bounds: tuple[float, float] | None) -> list[str]:
+    """Finite numbers within the declared range; a list of layers non-empty, short and in range."""
+    values = value if isinstance(value, list) else [value]
+    if isinstance(value, list) and not 1 <= len(value) <= MAX_LAYERS_LISTED:
+        return [f"hyperparameter {key!r} of method {method!r} must list 1 to {MAX_LAYERS_LISTED} values, "
+                f"not {len(value)}"]
+    for item in values:
+        if isinstance(item, float) and not math.isfinite(item):
+            return [f"hyperparameter {key!r} of method {method!r} must be a finite number, not {item}"]
+        if bounds is not None and isinstance(item, (int, float)) and not bounds[0] <= item <= bounds[1]:
+            return [f"hyperparameter {key!r} of method {method!r} must be from {bounds[0]:g} to {bounds[1]:g}, "
+                    f"not {item!r}"]
+    return []
+
+
+def layer_problems(method: str, hparams: Any, depth: int) -> list[str]:
+    """Layer indices beyond the loaded model (checked after loading, before the first edit: Python's
+    negative indexing would otherwise edit a layer nobody asked for)."""
+    problems = []
+    for key in METHODS[method].HParams.layer_fields():
+        value = getattr(hparams, key)
+        for layer in value if isinstance(value, list) else [value]:
+            if layer is not None and not 0 <= layer < depth:
+                problems.append(f"hyperparameter {key!r} of method {method!r} is {layer}, but the model has "
+                                f"{depth} layers (0 to {depth - 1})")
     return problems
 
 

@@ -48,8 +48,23 @@ class AppliedEdit:
         }
 
 
+def bounded(default: Any, low: float, high: float, *, layer: bool = False) -> Any:
+    """A hyperparameter field with the range validation enforces: manifests in pull requests set these,
+    so every count is bounded (10^9 steps would hold the runner for days) and every number finite.
+    `layer`: a layer index (or list of them), also checked against the model's depth once it is loaded."""
+    return field(default=default, metadata={"range": (low, high), "layer": layer})
+
+
 class HParamsBase:
     """Mixin for method hyperparameter dataclasses: typed fields, `None` meaning "scale with the model"."""
+
+    @classmethod
+    def ranges(cls) -> dict[str, tuple[float, float]]:
+        return {f.name: f.metadata["range"] for f in dataclasses.fields(cls) if "range" in f.metadata}  # type: ignore[arg-type]
+
+    @classmethod
+    def layer_fields(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls) if f.metadata.get("layer")]  # type: ignore[arg-type]
 
     @classmethod
     def field_types(cls) -> dict[str, tuple[type, ...]]:

@@ -29,7 +29,8 @@ import torch
 
 from editgate.architecture import mlp_out, num_layers
 from editgate.manifests import Edit
-from editgate.methods.base import AppliedEdit, EditMethod, HParamsBase
+from editgate.limits import MAX_BATCH_EDITS, MAX_LAYER, MAX_STEPS, MAX_TEXTS, MAX_TOKENS
+from editgate.methods.base import AppliedEdit, EditMethod, HParamsBase, bounded
 from editgate.methods.locate import (ValueSettings, context_templates, optimise_value, residual_at_subject,
                                      second_moments, subject_keys)
 from editgate.methods.rome import default_layer
@@ -48,19 +49,21 @@ def default_layers(layers: int, span: int = 5) -> list[int]:
 
 @dataclass
 class MemitHParams(HParamsBase):
-    layers: list | None = None  # None: five consecutive layers around ROME's layer
-    batch_size: int = 1  # consecutive edits of one manifest applied as one update (1: checked one by one)
-    mom2_update_weight: float | None = None  # lambda, how strongly corpus keys are preserved; None: scaled
-    v_steps: int = 25
-    v_lr: float = 0.5
-    v_weight_decay: float = 1e-3
-    clamp_norm_factor: float = 4.0
-    kl_factor: float = 0.0625
-    early_stop_nll: float = 0.05
-    context_templates: int = 10
-    context_length: int = 10
-    stats_samples: int = 2000
-    stats_max_tokens: int = 256
+    layers: list | None = bounded(None, 0, MAX_LAYER, layer=True)  # None: five layers around ROME's
+    # consecutive edits of one manifest applied as one update (1: checked one by one)
+    batch_size: int = bounded(1, 1, MAX_BATCH_EDITS)
+    # lambda, how strongly corpus keys are preserved; None: scaled
+    mom2_update_weight: float | None = bounded(None, 0, 1e12)
+    v_steps: int = bounded(25, 1, MAX_STEPS)
+    v_lr: float = bounded(0.5, 0, 100)
+    v_weight_decay: float = bounded(1e-3, 0, 1e3)
+    clamp_norm_factor: float = bounded(4.0, 0, 1e6)
+    kl_factor: float = bounded(0.0625, 0, 1e6)
+    early_stop_nll: float = bounded(0.05, 0, 1e3)
+    context_templates: int = bounded(10, 1, 100)
+    context_length: int = bounded(10, 1, 256)
+    stats_samples: int = bounded(2000, 1, MAX_TEXTS)
+    stats_max_tokens: int = bounded(256, 1, MAX_TOKENS)
 
     def value_settings(self) -> ValueSettings:
         return ValueSettings(self.v_steps, self.v_lr, self.v_weight_decay, self.clamp_norm_factor,
@@ -123,8 +126,9 @@ class Memit(EditMethod):
 
 @dataclass
 class AlphaEditHParams(MemitHParams):
-    nullspace_threshold: float = 2e-2  # eigenvalues of C below this span the preserved keys' null space
-    l2: float = 10.0  # ridge term of the projected solve
+    # eigenvalues of C below this span the preserved keys' null space
+    nullspace_threshold: float = bounded(2e-2, 0, 1e6)
+    l2: float = bounded(10.0, 0, 1e12)  # ridge term of the projected solve
 
 
 class AlphaEdit(Memit):

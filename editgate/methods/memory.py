@@ -53,7 +53,8 @@ import torch.nn.functional as F
 
 from editgate.errors import InputError, RunError
 from editgate.manifests import Edit, LocalityCheck
-from editgate.methods.base import AppliedEdit, EditMethod, HParamsBase
+from editgate.limits import MAX_BATCH_EDITS, MAX_LAYER, MAX_TEXTS
+from editgate.methods.base import AppliedEdit, EditMethod, HParamsBase, bounded
 from editgate.metrics.scoring import pad_right
 
 FORMAT = "editgate-memory"
@@ -77,9 +78,12 @@ class MemoryHParams(HParamsBase):
     threshold: float | None = None  # None: calibrated from paraphrases vs locality prompts, else the encoder's default
     prompt_format: str = "New fact: {fact}\n{input}"  # the counterfactual model's input; ends with {input}
     keys: str = "prompt,subject,paraphrases"  # which fields of an edit are routing keys
-    layer: int | None = None  # base encoder: hidden-state layer (None: the middle layer)
-    centre_texts: int = 100  # base encoder: statistics-corpus texts whose mean embedding is subtracted
-    batch_size: int = 1  # edits added per step (the gate checks perplexity after each step)
+    # base encoder: hidden-state layer (None: the middle layer)
+    layer: int | None = bounded(None, 0, MAX_LAYER, layer=True)
+    # base encoder: statistics-corpus texts whose mean embedding is subtracted
+    centre_texts: int = bounded(100, 1, MAX_TEXTS)
+    # edits added per step (the gate checks perplexity after each step)
+    batch_size: int = bounded(1, 1, MAX_BATCH_EDITS)
 
     @classmethod
     def value_problems(cls, overrides: dict[str, Any]) -> list[str]:

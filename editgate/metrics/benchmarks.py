@@ -44,7 +44,8 @@ import torch
 from editgate.errors import InputError, Problem, RunError
 from editgate.metrics.perplexity import safe_exp
 from editgate.metrics.scoring import score_sequences
-from editgate.yamlio import describe, line_of, load_yaml, unknown_key
+from editgate.paths import PathError, load_hf_dataset, parse_hf, repository_file
+from editgate.yamlio import describe, line_of, load_records, load_yaml, unknown_key
 
 PACKAGED_TASKS = Path(__file__).resolve().parent.parent / "tasks"
 BUILTIN_SUITES = ("small",)
@@ -358,18 +359,20 @@ def _build(spec: str, tokenizer, root: Path | None) -> list["Task"]:
 
 def _inside(relative: str, root: Path | None, base: Path | None, shown: str, where: _Where | None,
             key: str | None = None) -> Path:
-    """`relative` resolved against `base` (else `root`, else the working directory), kept inside `root`."""
-    anchor = base or root or Path.cwd()
-    path = Path(relative).expanduser()
-    full = (path if path.is_absolute() else anchor / path).resolve()
+    """`relative` resolved against `base` (else `root`), kept inside `root` (editgate/paths.py); with no
+    root (a suite the operator names on the command line) relative to the working directory."""
+    def fail(message: str):
+        return where.error(key, message) if where else InputError(Problem(shown, None, message))
+
     if root is not None:
-        top = root.resolve()
-        if full != top and top not in full.parents:
-            message = f"{relative!r} is outside the repository; use a path inside it"
-            raise where.error(key, message) if where else InputError(Problem(shown, None, message))
+        try:
+            return repository_file(root, relative, base=base)
+        except PathError as error:
+            raise fail(str(error)) from None
+    path = Path(relative).expanduser()
+    full = (path if path.is_absolute() else (base or Path.cwd()) / path).resolve()
     if not full.is_file():
-        message = f"{relative!r} does not exist" + (f" (looked for {full})" if not path.is_absolute() else "")
-        raise where.error(key, message) if where else InputError(Problem(shown, None, message))
+        raise fail(f"{relative!r} does not exist")
     return full
 
 
@@ -619,45 +622,23 @@ def _docs(dataset: str, limit: int | None, seed: int, defn: _TaskDef) -> list[di
     elif dataset.startswith("hf:"):
         docs = _hf_docs(dataset, limit, where)
     else:
-        docs = _file_docs(_inside(dataset, defn.root, defn.base, where.file, where, "dataset"), where)
+        docs = _file_docs(_inside(dataset, defn.root, defn.base, where.file, where, "dataset"), defn.root)
     return docs[:limit] if limit is not None else docs
 
 
-def _file_docs(path: Path, where: _Where) -> list[dict]:
-    """JSON (a list of records, or {"docs": [...]}) or JSONL (one record a line)."""
-    try:
-        raw = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise where.error("dataset", f"dataset {path.name} cannot be read: {e}") from None
-    try:
-        if path.suffix.lower() == ".jsonl":
-            docs = []
-            for n, line in enumerate(raw.splitlines(), 1):
-                if line.strip():
-                    try:
-                        docs.append(json.loads(line))
-                    except json.JSONDecodeError as e:
-                        raise InputError(Problem(str(path), n, f"invalid JSON: {e.msg}")) from None
-        else:
-            data = json.loads(raw)
-            docs = data.get("docs", data.get("data")) if isinstance(data, dict) else data
-    except json.JSONDecodeError as e:
-        raise InputError(Problem(str(path), e.lineno, f"invalid JSON: {e.msg}")) from None
-    if not isinstance(docs, list):
-        raise where.error("dataset", f"dataset {path.name}: expected a list of records (or {{\"docs\": [...]}})")
-    return docs
+def _file_docs(path: Path, root: Path | None) -> list[dict]:
+    """JSON (a list of records, or {"docs": [...]}) or JSONL (one record a line), read like YAML: bounded."""
+    return [record for record, _ in load_records(path, _shown_path(path, root))]
 
 
 def _hf_docs(spec: str, limit: int | None, where: _Where) -> list[dict]:
     """`hf:<dataset>[:<config>]:<split>` from the local datasets cache."""
-    parts = spec.removeprefix("hf:").split(":")
-    if len(parts) not in (2, 3) or not all(parts):
-        raise where.error("dataset", f"dataset {spec!r}: write hf:<dataset>:<split> or hf:<dataset>:<config>:<split>")
-    name, config, split = (parts[0], None, parts[1]) if len(parts) == 2 else parts
     try:
-        import datasets
-
-        data = datasets.load_dataset(name, config, split=split)
+        parsed = parse_hf(spec)
+    except PathError as error:
+        raise where.error("dataset", f"dataset {error}") from None
+    try:
+        data = load_hf_dataset(parsed)
     except Exception as exc:  # datasets raises many types for "not available offline"
         raise RunError(f"dataset {spec!r} could not be loaded (offline, only cached datasets work): {exc}") from exc
     if limit is not None:

@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
+from editgate.atomicfile import umask, write_atomic
 from editgate.reports.document import SCHEMA_VERSION, build_document, error_document
 from editgate.reports.junit import render_junit
 from editgate.reports.markdown import render_markdown
@@ -31,18 +32,6 @@ def _temporary(path: Path) -> str:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     os.close(fd)
     return tmp
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write via a temporary file and rename, so readers never see half a report."""
-    tmp = _temporary(path)
-    try:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def write_reports(document: dict, out_dir: Path, log: Callable[[str], None] | None = None) -> list[Path]:
@@ -72,6 +61,7 @@ def _write_plot(document: dict, path: Path, log: Callable[[str], None]) -> Path 
     tmp = _temporary(path)
     try:
         render_plot(document, Path(tmp))
+        os.chmod(tmp, 0o666 & ~umask())
         os.replace(tmp, path)
     except Exception as error:  # a chart must never cost the run its reports
         log(f"perplexity.png skipped: {type(error).__name__}: {error}")

@@ -1,7 +1,7 @@
 """The report document: one JSON-serialisable dict with every figure of a run.
 
 Schema version 1, described by `editgate/schema/report.schema.json`. Top-level keys: schema_version,
-created, verdict (passed | failed | invalid | error), exit_code, reasons, problems (invalid input,
+created, verdict (passed | failed | invalid | error | interrupted), exit_code, reasons, problems (invalid input,
 located), culprit, stopped_early, policy, baseline, edits (one record per edit, in order, each with
 `new` relative to --base-ref or null), checks (one per perplexity check and per policy threshold),
 edit_metrics, timings, environment, repository (git address, commit, path; null outside git),

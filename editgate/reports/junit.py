@@ -35,20 +35,20 @@ def _seconds(value: Any) -> str:
 
 def render_junit(doc: dict[str, Any]) -> str:
     root = ET.Element("testsuites", name="editgate")
-    if doc.get("verdict") in ("invalid", "error") and not doc.get("edits"):
+    if doc.get("verdict") in ("invalid", "error", "interrupted") and not doc.get("edits"):
         suite = _suite(root, "editgate.run")
         case = _case(suite, "editgate run", "editgate", 0.0)
-        kind = "invalid input" if doc["verdict"] == "invalid" else "the run failed"
+        kind = {"invalid": "invalid input", "interrupted": "interrupted"}.get(doc["verdict"], "the run failed")
         element = ET.SubElement(case, "error", message=_text(f"{kind}: {doc.get('error') or ''}"),
                                  type=doc["verdict"])
         element.text = _text("\n".join(doc.get("reasons") or []))
     else:
         _edits_suite(root, doc)
         _checks_suite(root, doc)
-        if doc.get("verdict") == "error":  # a crash after some edits: the crash is a test case too
+        if doc.get("verdict") in ("error", "interrupted"):  # stopped after some edits: a test case too
             suite = _suite(root, "editgate.run")
             case = _case(suite, "editgate run", "editgate", 0.0)
-            ET.SubElement(case, "error", message=_text(doc.get("error") or "the run failed"), type="error")
+            ET.SubElement(case, "error", message=_text(doc.get("error") or "the run failed"), type=doc["verdict"])
     for suite in root:
         _count(suite)
     _count(root)

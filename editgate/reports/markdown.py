@@ -9,7 +9,7 @@ from typing import Any
 
 from editgate.vcs import source_link
 
-ICONS = {"passed": "✅", "failed": "❌", "invalid": "⚠️", "error": "💥"}
+ICONS = {"passed": "✅", "failed": "❌", "invalid": "⚠️", "error": "💥", "interrupted": "⏹️"}
 STATUS = {"pass": "✅ pass", "warn": "⚠️ warn", "fail": "❌ fail", "collapse": "💥 collapse",
           "unchecked": "… unchecked", "not-run": "— not run"}
 MAX_BYTES = 1_000_000

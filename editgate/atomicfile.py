@@ -1,0 +1,39 @@
+"""Files written whole or not at all, with the permissions the user's umask gives new files.
+
+A reader (a CI step, a second job, a later run) never sees half a report or half a cache entry: data
+goes to a temporary file in the same directory, is flushed to disk, and is renamed over the target,
+which also replaces a symbolic link at the target instead of writing through it. `mkstemp` creates
+its files 0600; they are set to what `open()` would have given, so a report is as readable as any
+other file the user writes.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+
+def umask() -> int:
+    """The process's umask (reading it means setting it; done back to back)."""
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
+def write_atomic(path: Path, data: bytes | str) -> None:
+    """Write `data` (text as UTF-8) to `path` atomically; the parent directory is created if needed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~umask())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
