@@ -99,8 +99,8 @@ def main() -> None:
     agree = len({tuple(r["statuses"]) for r in results}) == 1
     print(f"statuses agree across variants: {agree}")
     path = save_json(args.out, {"command": "python bench/gate.py " + " ".join(sys.argv[1:]), "machine": env,
-                                "edits": args.edits, "samples": args.samples,
-                                "max_tokens": args.max_tokens, "results": results, "statuses_agree": agree, "table": table})
+                                "edits": args.edits, "samples": args.samples, "max_tokens": args.max_tokens,
+                                "results": results, "statuses_agree": agree, "table": table})
     print(f"saved {path}")
 
 

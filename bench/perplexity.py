@@ -48,7 +48,7 @@ def matmul_rate(model, dtype: torch.dtype, tokens: int = 2048) -> float:
     for k, n in shapes:
         a, b = torch.randn(tokens, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
         a @ b  # warm-up
-        seconds, _ = timed(lambda: a @ b, 5)
+        seconds, _ = timed(lambda: a @ b, 5)  # noqa: B023 (called at once)
         best = max(best, 2 * tokens * k * n / seconds)
     return best
 
@@ -115,13 +115,13 @@ def main() -> None:
     loop_seconds, reference = timed(lambda: per_text_loop(model, ids), args.runs)
     add("per-text loop", loop_seconds)
     for batch_tokens, sample in samples.items():
-        seconds, result = timed(lambda: perplexity(model, sample), args.runs)
+        seconds, result = timed(lambda: perplexity(model, sample), args.runs)  # noqa: B023 (called at once)
         worst = max(abs(a - b) / max(abs(b), 1e-9) for a, b in zip(result.text_nll, reference))
         figures.setdefault("max_relative_difference_vs_loop", {})[batch_tokens] = worst
         add(f"editgate, batches of ~{batch_tokens} tokens", seconds, f"max rel. diff vs loop {worst:.1e}")
     if not args.no_lm_eval:
         for batch_size in (1, 32):
-            seconds, values = timed(lambda: lm_eval_rolling(model, tok, texts, batch_size), args.runs)
+            seconds, values = timed(lambda: lm_eval_rolling(model, tok, texts, batch_size), args.runs)  # noqa: B023
             assert all(math.isfinite(v) for v in values)
             add(f"lm-evaluation-harness loglikelihood_rolling, batch {batch_size}", seconds,
                 "scores each text's first token too (after EOT)")

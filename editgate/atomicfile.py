@@ -13,6 +13,8 @@ import os
 import tempfile
 from pathlib import Path
 
+PARTIAL = ".partial-"  # prefix of every temporary file: readers never take one for the real thing
+
 
 def umask() -> int:
     """The process's umask (reading it means setting it; done back to back)."""
@@ -26,7 +28,7 @@ def write_atomic(path: Path, data: bytes | str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = data.encode("utf-8") if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{PARTIAL}{path.name}.")
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(payload)
@@ -37,3 +39,18 @@ def write_atomic(path: Path, data: bytes | str) -> None:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+    fsync_directory(path.parent)
+
+
+def fsync_directory(directory: Path) -> None:
+    """Make a rename durable across a power cut; best effort (some filesystems refuse)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

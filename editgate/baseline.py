@@ -4,19 +4,19 @@ pre-edit answers to the edits' prompts.
 They depend only on the model, the data and the settings, so a second run of an unchanged repository
 (or a run after `editgate baseline`) reads them instead of measuring again. Each entry is keyed by a
 digest of exactly what decides it (the token ids scored, batching, dtype, device, editgate version),
-under the model's fingerprint, and written atomically.
+under the model's fingerprint, and stored through `editgate.cachefile`: written atomically with an
+integrity header, so a torn, altered or older-format entry is reported and measured again, never trusted.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import editgate
+from editgate import cachefile
 
 
 def digest(parts: Any) -> str:
@@ -27,33 +27,24 @@ def digest(parts: Any) -> str:
 class BaselineCache:
     """JSON entries under <cache_dir>/baselines/<model fingerprint>/<kind>-<digest>.json."""
 
-    def __init__(self, cache_dir: Path, fingerprint: str, enabled: bool = True):
+    def __init__(self, cache_dir: Path, fingerprint: str, enabled: bool = True,
+                 log: Callable[[str], None] = print):
         self.root = Path(cache_dir) / "baselines" / fingerprint
         self.enabled = enabled
+        self.log = log  # where a damaged entry is reported (once) before it is measured again
         self.hits: list[str] = []  # kinds served from the cache in this run, for the report
 
     def _path(self, kind: str, parts: Any) -> Path:
         return self.root / f"{kind}-{digest(parts)}.json"
 
     def get(self, kind: str, parts: Any) -> Any | None:
-        path = self._path(kind, parts)
-        if not self.enabled or not path.is_file():
+        if not self.enabled:
             return None
-        try:
-            value = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return None  # a damaged entry is measured again, never trusted
+        value = cachefile.read_json(self._path(kind, parts), self.log)
+        if value is None:
+            return None  # absent, or damaged (reported and removed): measured again
         self.hits.append(kind)
         return value
 
     def put(self, kind: str, parts: Any, value: Any) -> None:
-        path = self._path(kind, parts)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".partial-")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump(value, handle)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        cachefile.write_json(self._path(kind, parts), value)

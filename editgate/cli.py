@@ -131,8 +131,10 @@ def validate(paths: tuple[Path, ...]) -> None:
               help="Also save the edited model (safetensors, tokenizer, config) into DIR.")
 @click.option("--save-delta", type=click.Path(path_type=Path, dir_okay=False), metavar="FILE",
               help="Also save only the changed tensors as an edit pack (see `editgate apply-delta`).")
-@click.option("--confirm", is_flag=True, help="On failure, re-run without the culprit and report whether the rest passes.")
-@click.option("--no-cache", is_flag=True, help="Measure the unedited model's figures again instead of reading the cache.")
+@click.option("--confirm", is_flag=True,
+              help="On failure, re-run without the culprit and report whether the rest passes.")
+@click.option("--no-cache", is_flag=True,
+              help="Measure the unedited model's figures again instead of reading the cache.")
 @click.option("--quiet", is_flag=True, help="No progress on stderr.")
 @_runner_options
 def run(repo: Path, policy: str | None, model: str | None, device: str | None, dtype: str | None,

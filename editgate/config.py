@@ -17,7 +17,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from editgate.errors import InputError, Problem
-from editgate.globbing import PatternError, check_pattern, glob_match, walk_files
+from editgate.globbing import MAX_WALK_ENTRIES, PatternError, check_pattern, find
 from editgate.limits import MAX_SEED, MAX_THREADS
 from editgate.paths import path_inside
 from editgate.policy import BUILTIN_POLICIES, builtin_policy_path
@@ -36,7 +36,8 @@ REMOTE_CODE_ENV = "EDITGATE_TRUST_REMOTE_CODE"
 # what only the runner's owner may set; the message says how
 RUNNER_KEYS = {
     "trust_remote_code": "running the model repository's code is the runner owner's decision, never a pull "
-                         f"request's: remove it here; the workflow may pass --trust-remote-code or set {REMOTE_CODE_ENV}=1",
+                         "request's: remove it here; the workflow may pass --trust-remote-code or set "
+                         f"{REMOTE_CODE_ENV}=1",
     "cache_dir": "the cache is shared by every job on the runner, so its place is the runner's: remove it here; "
                  f"pass --cache-dir or set {CACHE_ENV} (default {DEFAULT_CACHE_DIR})",
 }
@@ -86,16 +87,16 @@ class Config:
         found: dict[str, Path] = {}
         shown = self.source_file or str(self.root)  # no editgate.yaml: the problem is the repository's
         line = self.key_lines.get("manifests")
-        walk = walk_files(self.root)
-        if walk.truncated:
-            problems.append(Problem(shown, line, "manifests: the repository has too many files to search "
-                                                 f"(more than {len(walk.files)} seen); keep it smaller"))
         for pattern in self.manifests:
             relative = _relative_pattern(self.root, pattern)
             if relative is None:
                 problems.append(Problem(shown, line, f"manifests: {pattern!r} is outside the repository"))
                 continue
-            matches = [m for m in walk.files if glob_match(relative, m)]
+            found_files = find(self.root, relative)
+            if found_files.truncated:
+                problems.append(Problem(shown, line, f"manifests: {pattern!r} searches too many files (more than "
+                                                     f"{MAX_WALK_ENTRIES:,}); start it with a directory"))
+            matches = found_files.files
             if not matches:
                 where = "" if "manifests" in self.key_lines else " (the default; set 'manifests:' in editgate.yaml)"
                 problems.append(Problem(shown, line, f"manifests: no file matches {pattern!r}{where}"))
@@ -206,7 +207,8 @@ def load_config_collecting(repo: Path) -> tuple[Config, list[Problem], set[str]]
     if data is None:
         return config, problems, bad
     if not isinstance(data, dict):
-        return config, [Problem(path.name, line_of(data), f"must be a mapping of settings, not {describe(data)}")], {"*"}
+        message = f"must be a mapping of settings, not {describe(data)}"
+        return config, [Problem(path.name, line_of(data), message)], {"*"}
     _apply(config, data, path.name, problems, bad)
     return config, problems, bad
 
@@ -270,7 +272,8 @@ def _method(config: Config, value: Any) -> tuple[str | None, Any]:
     message, text = _text(value)
     if message or text in method_names():
         return message, text
-    return f"unknown method {text!r}{did_you_mean(text, method_names())}; choose one of {', '.join(method_names())}", None
+    choices = ", ".join(method_names())
+    return f"unknown method {text!r}{did_you_mean(text, method_names())}; choose one of {choices}", None
 
 
 MAX_PATTERNS = 64

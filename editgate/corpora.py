@@ -139,5 +139,6 @@ def _hf_texts(spec: str, shown_as: str) -> list[str]:
         raise RunError(f"corpus {spec!r} could not be loaded (offline, only cached datasets work): {exc}") from exc
     column = next((c for c in TEXT_KEYS if c in data.column_names), None)
     if column is None:
-        raise InputError(Problem(shown_as, None, f"corpus {spec!r} has no text column (looked for {', '.join(TEXT_KEYS)})"))
+        looked = ", ".join(TEXT_KEYS)
+        raise InputError(Problem(shown_as, None, f"corpus {spec!r} has no text column (looked for {looked})"))
     return [t for t in data[column] if isinstance(t, str) and t.strip()]

@@ -109,7 +109,7 @@ class Gate:
             cache_dir=Path(config.cache_path()), model_fingerprint=loaded.fingerprint,
             stats_texts=lambda n: sample_texts(STATS_CORPUS, "stats", n, config.seed),
             stats_corpus_name=STATS_CORPUS, seed=config.seed, log=log)
-        self.cache = BaselineCache(Path(config.cache_path()), loaded.fingerprint, enabled=use_cache)
+        self.cache = BaselineCache(Path(config.cache_path()), loaded.fingerprint, enabled=use_cache, log=log)
         self.methods: dict[str, EditMethod] = {}
         self.timings: dict[str, float] = {"model_load": loaded.load_seconds}
         self.model = loaded.model  # what checks evaluate; a memory method replaces it by its wrapper
@@ -367,7 +367,8 @@ class Gate:
             if status == COLLAPSE:
                 break
         passes = status in (PASS, WARN)
-        self.log(f"without {culprit.edit.id}: worst perplexity x{worst:.3f}, the rest {'passes' if passes else 'fails'}")
+        rest = "passes" if passes else "fails"
+        self.log(f"without {culprit.edit.id}: worst perplexity x{worst:.3f}, the rest {rest}")
         return {"without": culprit.edit.id, "worst_ratio": worst, "status": status, "rest_passes": passes}
 
     # -- the verdict --------------------------------------------------------------------------

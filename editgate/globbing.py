@@ -110,6 +110,30 @@ def _compiled(part: str) -> re.Pattern:
     return re.compile("".join(out))
 
 
+def literal_prefix(pattern: str) -> str:
+    """The directories a pattern names literally before its first wildcard (where a search can start)."""
+    parts = pattern.strip("/").split("/")[:-1]
+    prefix = []
+    for part in parts:
+        if any(c in part for c in "*?["):
+            break
+        prefix.append(part)
+    return "/".join(prefix)
+
+
+def find(root: Path, pattern: str, max_entries: int = MAX_WALK_ENTRIES) -> WalkResult:
+    """The files below `root` that match `pattern`, searching only below its literal prefix."""
+    prefix = literal_prefix(pattern)
+    start = root
+    for part in prefix.split("/") if prefix else []:
+        start = start / part
+        if start.is_symlink() or not start.is_dir():  # links to directories are not followed
+            return WalkResult([], False)
+    walk = walk_files(start, max_entries)
+    files = [f"{prefix}/{f}" if prefix else f for f in walk.files]
+    return WalkResult([f for f in files if glob_match(pattern, f)], walk.truncated)
+
+
 @dataclass
 class WalkResult:
     files: list[str]  # POSIX paths relative to the root, of regular files and links to files

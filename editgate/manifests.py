@@ -270,7 +270,8 @@ class _File:
             return fallback
         value = item["case_id"]
         if isinstance(value, bool) or not isinstance(value, (int, str)) or not str(value).strip():
-            self.problem(line_of(item, "case_id"), f"{label}: 'case_id' must be a number or text, not {describe(value)}")
+            self.problem(line_of(item, "case_id"),
+                         f"{label}: 'case_id' must be a number or text, not {describe(value)}")
             return None
         return f"case-{str(value).strip()}"
 

@@ -13,7 +13,6 @@ import importlib.util
 import json
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,9 @@ from typing import Any
 
 import torch
 
+from editgate import cachefile
 from editgate.errors import InputError, RunError
+from editgate.limits import available_cores
 
 BUILTIN_MODELS = {
     # name: (package that ships the file, file name inside it)
@@ -60,9 +61,9 @@ def pick_dtype(dtype: str, device: str) -> torch.dtype:
 
 
 def set_threads(threads: int | None) -> int:
-    """Pin torch's thread count: a busy CI box must not be oversubscribed by OpenMP's default."""
-    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    n = threads or available
+    """Pin torch's thread count: a busy CI box must not be oversubscribed by OpenMP's default, and a
+    repository cannot ask for more threads than the cores this process may use."""
+    n = min(threads or available_cores(), available_cores())
     torch.set_num_threads(n)
     return n
 
@@ -112,7 +113,11 @@ def _resolve(spec: str, cache_dir: Path, log) -> tuple[Path | str, bool, dict]:
             raise RunError(f"model file {spec} does not exist")
         return _converted_gguf(path, cache_dir, log)
     if path.is_dir():
-        return path, False, {"local_files_only": True}
+        if not (path / "config.json").is_file():
+            raise RunError(f"model {spec!r} is a directory without config.json, so not a Hugging Face model "
+                           "directory; name one written by save_pretrained, a .gguf file or a model id")
+        # safetensors only: a pickled pytorch_model.bin from a repository could run code when loaded
+        return path, False, {"local_files_only": True, "use_safetensors": True}
     if path.exists() or spec.startswith((".", "/", "~")):
         raise RunError(f"model {spec!r} is not a Hugging Face model directory or a .gguf file")
     offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
@@ -120,11 +125,12 @@ def _resolve(spec: str, cache_dir: Path, log) -> tuple[Path | str, bool, dict]:
 
 
 def _converted_gguf(gguf: Path, cache_dir: Path, log) -> tuple[Path, bool, dict]:
-    """A safetensors copy of a GGUF model under the cache, made on first use, atomically."""
+    """A safetensors copy of a GGUF model under the cache, made on first use and trusted only when
+    every file matches the checksum manifest written last into it; a damaged copy is converted again."""
     stat = gguf.stat()
     key = hashlib.sha256(f"{gguf.resolve()}|{stat.st_size}|{int(stat.st_mtime)}".encode()).hexdigest()[:16]
-    target = cache_dir / "models" / f"{gguf.stem}-{key}"
-    if (target / "config.json").is_file():
+    target = Path(cache_dir) / "models" / f"{gguf.stem}-{key}"
+    if cachefile.verify_directory(target, log):  # a damaged copy is reported and removed here
         return target, True, {}
     log(f"converting {gguf.name} to safetensors under {target} (once; later loads are fast)")
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -136,17 +142,15 @@ def _converted_gguf(gguf: Path, cache_dir: Path, log) -> tuple[Path, bool, dict]
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".partial-"))
+    staging = cachefile.make_staging_directory(target.parent)
     try:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         (staging / "editgate-source.json").write_text(json.dumps({"gguf": str(gguf), "size": stat.st_size}))
-        os.replace(staging, target)
-    except OSError:
-        shutil.rmtree(staging, ignore_errors=True)
-        if not (target / "config.json").is_file():  # a concurrent run may have won the race
-            raise
+        # a concurrent conversion that renamed first wins; its copy is verified and used
+        cachefile.publish_directory(staging, target, log)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # gone already once published
     return target, False, {}
 
 
@@ -155,13 +159,16 @@ def _from_pretrained(source, torch_dtype, device, trust_remote_code, kwargs):
 
     placement = {"device_map": "auto"} if device == "multi" else {}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code, **kwargs)
+        tokenizer_kwargs = {k: v for k, v in kwargs.items() if k != "use_safetensors"}
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code, **tokenizer_kwargs)
         model = AutoModelForCausalLM.from_pretrained(
             source, dtype=torch_dtype, trust_remote_code=trust_remote_code, **placement, **kwargs)
     except (OSError, ValueError) as exc:
+        named_by_id = not Path(str(source)).is_dir()
         hint = " (offline: only models already in the local Hugging Face cache can be named by id)" \
-            if kwargs.get("local_files_only") else ""
-        raise RunError(f"cannot load model {source}: {exc}{hint}") from exc
+            if kwargs.get("local_files_only") and named_by_id else ""
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RunError(f"cannot load model {source}: {first_line}{hint}") from exc
     if device != "multi":
         model.to(device)
     return model, tokenizer

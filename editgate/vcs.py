@@ -18,6 +18,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from editgate.errors import InputError, Problem
+from editgate.globbing import glob_match
 from editgate.manifests import Edit, ManifestCollector, edit_fingerprint
 from editgate.yamlio import MAX_BYTES, load_yaml
 
@@ -216,67 +217,3 @@ def _blob(top: Path, blob: str) -> bytes | None:
         return _git(top, "cat-file", "blob", blob, binary=True)
     except (GitError, ValueError):
         return None
-
-
-# --- glob matching (the semantics of glob.glob(recursive=True), on paths that are not on disk) --------
-
-
-def glob_match(pattern: str, path: str) -> bool:
-    """Whether POSIX `path` matches `pattern` as `glob.glob(pattern, recursive=True)` would find it:
-    `**` spans any number of directories, `*`, `?` and `[...]` stay within one name, and names
-    starting with a dot match only pattern parts that start with a dot."""
-    return _match(pattern.strip("/").split("/"), path.split("/"))
-
-
-def _match(parts: list[str], names: list[str]) -> bool:
-    if not parts:
-        return not names
-    head, rest = parts[0], parts[1:]
-    if head == "**":
-        if not rest:  # a trailing ** matches everything below (but not hidden names)
-            return bool(names) and not any(n.startswith(".") for n in names)
-        for skip in range(len(names)):
-            if _match(rest, names[skip:]):
-                return True
-            if names[skip].startswith("."):
-                return False
-        return False
-    if not names or not _name_match(head, names[0]):
-        return False
-    return _match(rest, names[1:])
-
-
-def _name_match(part: str, name: str) -> bool:
-    if name.startswith(".") and not part.startswith("."):
-        return False
-    return re.fullmatch(_translate(part), name) is not None
-
-
-def _translate(part: str) -> str:
-    out, i = [], 0
-    while i < len(part):
-        c = part[i]
-        i += 1
-        if c == "*":
-            out.append("[^/]*")
-        elif c == "?":
-            out.append("[^/]")
-        elif c == "[":
-            j = i
-            if j < len(part) and part[j] in "!^":
-                j += 1
-            if j < len(part) and part[j] == "]":
-                j += 1
-            while j < len(part) and part[j] != "]":
-                j += 1
-            if j >= len(part):
-                out.append(re.escape("["))
-            else:
-                body = part[i:j].replace("\\", "\\\\")
-                if body and body[0] in "!^":
-                    body = "^" + body[1:]
-                out.append(f"[{body}]")
-                i = j + 1
-        else:
-            out.append(re.escape(c))
-    return "".join(out)

@@ -101,7 +101,7 @@ def test_wiki_cloze_docs_are_first_sentences_without_their_last_word():
 
 
 def test_builtin_tasks_run_on_a_tiny_model(load_tiny, tmp_path, tokenizer):
-    suite_file = write(tmp_path / "suite.yaml", """\
+    write(tmp_path / "suite.yaml", """\
         tasks:
           - {task: cloze, dataset: "builtin:wiki-cloze", output_type: continuation,
              doc_to_text: "{{context}}", doc_to_target: "{{target}}", limit: 6}

@@ -71,7 +71,8 @@ def test_an_edit_below_the_cached_block_rebuilds_the_cache(load_tiny, tmp_path):
 
 def test_lowest_written_layer_is_zero_outside_the_blocks(load_tiny):
     model = load_tiny("llama").model
-    assert lowest_written_layer(model, ["model.layers.3.mlp.down_proj.weight", "model.layers.1.mlp.up_proj.weight"]) == 1
+    written = ["model.layers.3.mlp.down_proj.weight", "model.layers.1.mlp.up_proj.weight"]
+    assert lowest_written_layer(model, written) == 1
     assert lowest_written_layer(model, ["model.embed_tokens.weight"]) == 0
     assert lowest_written_layer(model, ["lm_head.weight", "model.layers.2.mlp.down_proj.weight"]) == 0
 

@@ -192,12 +192,13 @@ def test_invalid_input_is_annotated_at_its_line(tmp_path):
                                                         Problem("<input>", None, "--device 'tpu': use auto")])
     doc["repository"] = {"url": None, "commit": None, "path": "models", "dirty": False}
     lines = [github.format_annotation(item) for item in github.annotations(doc, {})]
-    assert lines[0] == "::error file=models/edits/a.yaml,line=6,title=editgate%3A invalid input::edit 'x': 'target' is required"
+    assert lines[0] == ("::error file=models/edits/a.yaml,line=6,title=editgate%3A invalid input::"
+                        "edit 'x': 'target' is required")
     assert lines[1] == "::error title=editgate%3A invalid input::--device 'tpu': use auto"
 
 
 def test_a_run_on_github_actions(ci_run):
-    result, doc, gated = ci_run["result"], ci_run["doc"], ci_run["gated"]
+    result, doc = ci_run["result"], ci_run["doc"]
     assert result.exit_code == 1 and doc["verdict"] == "failed", result.output
     culprit = doc["culprit"]
     assert culprit is not None
@@ -211,7 +212,8 @@ def test_a_run_on_github_actions(ci_run):
     # annotations after the group, on the culprit's line, with a path from the git root
     errors = [line for line in stderr[end:] if line.startswith("::error ")]
     assert 1 <= len(errors) <= 10
-    match = re.match(r"::error file=(?P<file>[^,]+),line=(?P<line>\d+),title=(?P<title>[^:]+)::(?P<message>.+)", errors[0])
+    match = re.match(r"::error file=(?P<file>[^,]+),line=(?P<line>\d+),title=(?P<title>[^:]+)::(?P<message>.+)",
+                     errors[0])
     assert match, errors[0]
     assert match["file"] == f"gated/{culprit['file']}" and int(match["line"]) == culprit["line"]
     assert f"culprit edit '{culprit['id']}'" in match["title"].replace("%3A", ":")
@@ -223,7 +225,8 @@ def test_a_run_on_github_actions(ci_run):
     assert outputs == {"verdict": "failed", "culprit": culprit["id"], "report": str(ci_run["out"] / "report.md")}
     # links to the manifest line at the commit that ran
     head = git(ci_run["ws"], "rev-parse", "HEAD").strip()
-    assert doc["repository"] == {"url": "https://github.com/octo/models", "commit": head, "path": "gated", "dirty": False}
+    assert doc["repository"] == {"url": "https://github.com/octo/models", "commit": head, "path": "gated",
+                                 "dirty": False}
     link = f"https://github.com/octo/models/blob/{head}/gated/{culprit['file']}#L{culprit['line']}"
     assert f"([source]({link}))" in (ci_run["out"] / "report.md").read_text(encoding="utf-8")
 
@@ -525,7 +528,8 @@ def test_pre_commit_hook():
     hook = next(h for h in hooks if h["id"] == "editgate-validate")
     assert hook["entry"] == "editgate validate" and hook["pass_filenames"] is False
     pattern = re.compile(hook["files"])
-    for path in ("edits/2026-01-01-a.yaml", "edits/sub/b.yml", "policies/default.yaml", "editgate.yaml", "editgate.yml"):
+    for path in ("edits/2026-01-01-a.yaml", "edits/sub/b.yml", "policies/default.yaml", "editgate.yaml",
+                 "editgate.yml"):
         assert pattern.search(path), path
     for path in ("src/edits.py", "README.md", "edits/notes.txt", "myeditgate.yaml"):
         assert not pattern.search(path), path

@@ -296,7 +296,8 @@ def test_fingerprint_ignores_id_and_location_only():
 # --- config ----------------------------------------------------------------------------------------
 
 
-def test_config_defaults_without_file(tmp_path):
+def test_config_defaults_without_file(tmp_path, monkeypatch):
+    monkeypatch.delenv("EDITGATE_CACHE_DIR")  # set for every fast test (conftest): here, the default
     config = load_config(tmp_path)
     assert config == Config(root=tmp_path.resolve())
     assert config.model == "builtin:smollm2-135m" and config.manifests == ["edits/**/*.yaml"]

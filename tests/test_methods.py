@@ -166,7 +166,8 @@ def test_rewrite_batch_with_cached_prefixes_equals_the_whole_sequences(arch, loa
     batch = rewrite_batch(model, tok, edit, templates)  # caches the prefixes without the offset
     at = [0] * batch.ids.shape[0]  # in the batch every row starts at its subject's last token
     hook = target.module.register_forward_hook(
-        lambda _m, _i, out: out + delta * (torch.arange(out.shape[1])[None, :, None] == torch.tensor(at)[:, None, None]))
+        lambda _m, _i, out: out + delta * (torch.arange(out.shape[1])[None, :, None]
+                                           == torch.tensor(at)[:, None, None]))
     try:
         with torch.no_grad():
             cached = batch.logits(model)

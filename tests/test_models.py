@@ -135,7 +135,7 @@ def test_a_file_that_is_not_a_model_is_a_run_error(tmp_path):
 
 def test_directory_without_a_model_is_a_run_error(tmp_path):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(RunError, match="cannot load model"):
+    with pytest.raises(RunError, match="without config.json"):
         load_model(str(tmp_path / "empty"), device="cpu", dtype="float32", cache_dir=tmp_path / "cache")
 
 

@@ -108,7 +108,8 @@ def test_perplexity_of_the_embedded_model_matches_hf_loss(all_threads):
 @pytest.mark.parametrize("seed", range(20))
 def test_batches_by_length_respects_the_budget_and_covers_everything(seed):
     rng = random.Random(seed)
-    lengths = [rng.choice([1, 2, 3, 17, 64, 255, 256, 700, 2000]) + rng.randrange(5) for _ in range(rng.randrange(1, 80))]
+    lengths = [rng.choice([1, 2, 3, 17, 64, 255, 256, 700, 2000]) + rng.randrange(5)
+               for _ in range(rng.randrange(1, 80))]
     budget = rng.choice([1, 64, 256, 512, 2048])
     batches = batches_by_length(lengths, budget)
     flat = [i for batch in batches for i in batch]
@@ -213,7 +214,8 @@ def greedy_single_token_target(model, tok, prompts):
             logits = model(input_ids=torch.tensor([ids])).logits[0, -1]
         for token in torch.topk(logits, 1).indices.tolist():
             word = tok.decode([token])
-            if word.startswith(" ") and word.strip() and tok(" " + word.strip(), add_special_tokens=False)["input_ids"] == [token]:
+            clean = tok(" " + word.strip(), add_special_tokens=False)["input_ids"] == [token]
+            if word.startswith(" ") and word.strip() and clean:
                 return prompt, word.strip()
     pytest.fail("no prompt whose greedy next token is a clean word")
 

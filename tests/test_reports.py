@@ -151,10 +151,12 @@ def test_error_documents_match_the_schema(tmp_path, tiny_model_dir, monkeypatch)
     invalid = read_json(tmp_path / "invalid" / "report.json")
     validate(invalid)
     assert invalid["verdict"] == "invalid"
-    assert invalid["problems"] and invalid["problems"][0]["file"] == "edits/x.yaml" and invalid["problems"][0]["line"] == 2
+    problems = invalid["problems"]
+    assert problems and problems[0]["file"] == "edits/x.yaml" and problems[0]["line"] == 2
     # the run failed before the model was loaded (exit 3)
     ok = make_repo(tmp_path / "ok", model, {"edits/a.yaml": EDITS_A}, policy)
-    result = run_cli("run", "--repo", str(ok), "--model", str(tmp_path / "nope"), "--out", str(tmp_path / "error"), "--quiet")
+    result = run_cli("run", "--repo", str(ok), "--model", str(tmp_path / "nope"), "--out", str(tmp_path / "error"),
+                     "--quiet")
     assert result.exit_code == 3
     validate(read_json(tmp_path / "error" / "report.json"))
     # invalid input found once the model is loaded (a layer beyond its depth): exit 2, a valid report
@@ -320,7 +322,8 @@ def test_report_command_re_renders_every_format(collapsed_run):
     as_md = run_cli("report", str(out / "report.json"), "--format", "md")
     assert as_md.exit_code == 0 and as_md.stdout.strip() == (out / "report.md").read_text(encoding="utf-8").strip()
     as_junit = run_cli("report", str(out / "report.json"), "--format", "junit")
-    assert as_junit.exit_code == 0 and as_junit.stdout.strip() == (out / "junit.xml").read_text(encoding="utf-8").strip()
+    junit_xml = (out / "junit.xml").read_text(encoding="utf-8").strip()
+    assert as_junit.exit_code == 0 and as_junit.stdout.strip() == junit_xml
     ET.fromstring(as_junit.stdout.split("\n", 1)[1])
     as_html = run_cli("report", str(out / "report.json"), "--format", "html")
     assert as_html.exit_code == 0

@@ -3,11 +3,14 @@ covariance statistics are cached on disk and reused."""
 
 from __future__ import annotations
 
+import logging
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
 
+from editgate import cachefile
 from editgate.architecture import mlp_out
 from editgate.corpora import sample_texts
 from editgate.manifests import Edit
@@ -152,7 +155,7 @@ def test_statistics_are_cached_on_disk_and_reused(load_tiny, tmp_path):
     first = rome.apply([EIFFEL], hp)
     assert calls == [TINY_ROME["stats_samples"]]  # the corpus was read once, for the requested sample
     assert path.is_file()
-    moment = torch.load(path, weights_only=True)
+    moment = cachefile.read_tensor(path, print)
     assert moment.shape == (256, 256)
     assert torch.allclose(moment, moment.T) and torch.linalg.eigvalsh(moment.double()).min() > -1e-6
     assert not list(path.parent.glob(".partial-*"))  # written atomically
@@ -189,6 +192,36 @@ def test_rome_rejects_a_layer_out_of_range(load_tiny, tmp_path):
     with pytest.raises(RunError, match="out of range"):
         rome.apply([EIFFEL], tiny_hparams(rome, layer=4))
     assert all(torch.equal(before[n], p) for n, p in loaded.model.state_dict().items())
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "qwen2", "gpt_neox"])
+def test_value_optimisation_raises_no_deprecation(arch, load_tiny, tmp_path, monkeypatch):
+    """The value optimisation (context prefixes, the cached rewrite batch, the offset's steps) uses no
+    deprecated torch or transformers API: a FutureWarning or DeprecationWarning is an error here, and so
+    is a deprecation transformers only logs (its `warning_once`, uncached here so none can hide)."""
+    from editgate.methods.locate import context_templates, optimise_value, rewrite_batch
+
+    loaded = load_tiny(arch, layers=4)
+    model, tok = loaded.model, loaded.tokenizer
+    rome = Rome(model, tok, context(loaded, tmp_path / "cache"))
+    hp = tiny_hparams(rome)
+    logged: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: logged.append(record.getMessage())
+    monkeypatch.setattr(logging.Logger, "warning_once", lambda self, *a, **k: self.warning(*a, **k), raising=False)
+    logging.getLogger("transformers").addHandler(handler)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", FutureWarning)
+            warnings.simplefilter("error", DeprecationWarning)
+            templates = context_templates(rome, hp.context_templates, hp.context_length)
+            assert rewrite_batch(model, tok, EIFFEL, templates).prefix is not None  # the cache is exercised
+            delta, trace = optimise_value(model, tok, mlp_out(model, hp.layer), EIFFEL, templates,
+                                          hp.value_settings())
+    finally:
+        logging.getLogger("transformers").removeHandler(handler)
+    assert [m for m in logged if "deprecat" in m.lower()] == []
+    assert trace["v_steps"] >= 1 and torch.isfinite(delta).all() and delta.norm() > 0
 
 
 def test_method_registry_and_hparam_checks():

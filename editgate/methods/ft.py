@@ -26,7 +26,7 @@ class FtHParams(HParamsBase):
     layers: list | None = bounded(None, 0, MAX_LAYER, layer=True)  # None: ROME's layer
     # measured on SmolLM2-135M: 5e-4 (the ROME paper's GPT-2 XL setting) moved no fact
     lr: float = bounded(5e-3, 0, 100)
-    steps: int = bounded(25, 1, MAX_STEPS)
+    steps: int = bounded(25, 0, MAX_STEPS)
     norm_constraint: float = bounded(5e-3, 0, 1e6)  # |W - W0| <= this, element-wise
     early_stop_nll: float = bounded(0.05, 0, 1e3)
     batch_size: int = bounded(1, 1, MAX_BATCH_EDITS)
@@ -52,7 +52,7 @@ class FineTune(EditMethod):
         optimiser = torch.optim.Adam(weights, lr=hparams.lr)
         steps, nll_value = 0, float("inf")
         try:
-            for steps in range(1, hparams.steps + 1):
+            for steps in range(1, hparams.steps + 1):  # noqa: B007 (the last step is reported)
                 optimiser.zero_grad()
                 logits = logits_at(self.model, ids, mask, rows, cols)
                 nll = -torch.log_softmax(logits, -1).gather(1, gold[:, None]).mean()

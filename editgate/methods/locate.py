@@ -9,6 +9,7 @@ that makes the new target likely.
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 from dataclasses import dataclass
 
@@ -181,13 +182,32 @@ class RewriteBatch:
     rows: torch.Tensor  # scored positions: the target tokens' predictions, then the KL position
     cols: torch.Tensor
     gold: torch.Tensor  # the target token at each of the target positions
+    cache_keyword: str = "cache"  # the keyword the model's forward takes `prefix` by
 
     def logits(self, model) -> torch.Tensor:
         """Logits at `rows, cols` (float32), with whatever offset hook is registered on the model."""
         inputs = {"position_ids": self.positions}
         if self.prefix is not None:
-            inputs["past_key_values"] = copy.deepcopy(self.prefix)  # each step appends to its own copy
+            # each step appends to its own copy: the forward extends the cache it is given in place
+            inputs[self.cache_keyword] = copy.deepcopy(self.prefix)
         return logits_at(model, self.ids, self.mask, self.rows, self.cols, **inputs)
+
+
+def cache_keyword(model) -> str:
+    """The keyword the model's forward takes a key-value cache by.
+
+    transformers renamed `past_key_values` to `cache` after 5.15 (5.24 warns on the old name, which goes
+    in 5.40); read from the class's signature, so an instance's hooks (accelerate) cannot hide it.
+    """
+    forward = type(model.base_model).forward
+    return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
+
+
+def empty_cache(model):
+    """An empty key-value cache, the one the model's forward makes itself with `use_cache=True`."""
+    from transformers import DynamicCache
+
+    return DynamicCache(config=model.config)
 
 
 def rewrite_batch(model, tokenizer, edit: Edit, templates: list[str]) -> RewriteBatch:
@@ -204,17 +224,20 @@ def rewrite_batch(model, tokenizer, edit: Edit, templates: list[str]) -> Rewrite
     pad = tokenizer.pad_token_id or 0
     prefix_ids, prefix_mask = pad_right([s[:at] for s, at in zip(sequences, splits)], pad)
     suffix_ids, suffix_mask = pad_right([s[at:] for s, at in zip(sequences, splits)], pad)
-    prefix = None
+    prefix, keyword = None, cache_keyword(model)
     if prefix_ids.shape[1]:
-        # right padding needs no mask here: real tokens never attend to the padding after them
+        # right padding needs no mask here: real tokens never attend to the padding after them; the
+        # forward fills the cache it is given
+        prefix = empty_cache(model)
         with torch.no_grad():
-            prefix = model.base_model(input_ids=prefix_ids.to(device), use_cache=True).past_key_values
+            model.base_model(input_ids=prefix_ids.to(device), use_cache=True, **{keyword: prefix})
     rows = [r for r in range(n) for _ in target_ids] + [n]
     cols = [len(sequences[r]) - splits[r] - len(target_ids) + j for r in range(n) for j in range(len(target_ids))]
     cols.append(len(sequences[n]) - splits[n] - 1)
     return RewriteBatch(
         ids=suffix_ids.to(device), mask=torch.cat([prefix_mask, suffix_mask], dim=1).to(device),
         positions=(torch.tensor(splits)[:, None] + torch.arange(suffix_ids.shape[1])).to(device), prefix=prefix,
+        cache_keyword=keyword,
         rows=torch.tensor(rows, device=device), cols=torch.tensor(cols, device=device),
         gold=torch.tensor(target_ids * n, device=device))
 
@@ -243,7 +266,7 @@ def optimise_value(model, tokenizer, target: MlpOut, edit: Edit, templates: list
     optimiser = torch.optim.Adam([delta], lr=settings.lr)
     kl_reference, steps, nll_value = None, 0, math.inf
     try:
-        for steps in range(1, settings.steps + 1):
+        for steps in range(1, settings.steps + 1):  # noqa: B007 (the last step is reported)
             optimiser.zero_grad()
             logits = batch.logits(model)
             nll = -torch.log_softmax(logits[:-1], dim=-1).gather(1, batch.gold[:, None]).mean()

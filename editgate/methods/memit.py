@@ -23,7 +23,7 @@ earlier edits in the sequence so later edits leave them alone:
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -54,7 +54,7 @@ class MemitHParams(HParamsBase):
     batch_size: int = bounded(1, 1, MAX_BATCH_EDITS)
     # lambda, how strongly corpus keys are preserved; None: scaled
     mom2_update_weight: float | None = bounded(None, 0, 1e12)
-    v_steps: int = bounded(25, 1, MAX_STEPS)
+    v_steps: int = bounded(25, 0, MAX_STEPS)
     v_lr: float = bounded(0.5, 0, 100)
     v_weight_decay: float = bounded(1e-3, 0, 1e3)
     clamp_norm_factor: float = bounded(4.0, 0, 1e6)
@@ -149,7 +149,8 @@ class AlphaEdit(Memit):
                 values, vectors = torch.linalg.eigh(moment.double())
                 null = vectors[:, values < hp.nullspace_threshold]
                 return (null @ null.T).float()
-            ctx.memo[name] = cached_tensor(ctx.cache_dir, ctx.model_fingerprint, ctx.stats_corpus_name, name, build)
+            ctx.memo[name] = cached_tensor(ctx.cache_dir, ctx.model_fingerprint, ctx.stats_corpus_name, name, build,
+                                           log=ctx.log)
             kept = int(torch.linalg.matrix_rank(ctx.memo[name]))
             ctx.log(f"alphaedit: layer {layer} null space has {kept} of {moment.shape[0]} dimensions")
         return ctx.memo[name].double()

@@ -40,8 +40,6 @@ import dataclasses
 import hashlib
 import importlib.util
 import json
-import os
-import tempfile
 import time
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
@@ -51,9 +49,11 @@ from typing import Any, Iterable
 import torch
 import torch.nn.functional as F
 
+from editgate import cachefile
+from editgate.atomicfile import write_atomic
 from editgate.errors import InputError, RunError
-from editgate.manifests import Edit, LocalityCheck
 from editgate.limits import MAX_BATCH_EDITS, MAX_LAYER, MAX_TEXTS
+from editgate.manifests import Edit, LocalityCheck
 from editgate.methods.base import AppliedEdit, EditMethod, HParamsBase, bounded
 from editgate.metrics.scoring import pad_right
 
@@ -541,16 +541,7 @@ class EditMemory:
     def save(self, path: Path | str) -> Path:
         """Write the memory as JSON atomically (a temporary file in the same directory, then rename)."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        blob = json.dumps(self.to_json(), indent=1, ensure_ascii=False, default=str)
-        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        try:
-            with os.fdopen(handle, "w", encoding="utf-8") as out:
-                out.write(blob)
-            os.replace(temporary, path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+        write_atomic(path, json.dumps(self.to_json(), indent=1, ensure_ascii=False, default=str))
         return path
 
     @staticmethod
@@ -784,7 +775,7 @@ class MemoryModel(torch.nn.Module):
             jobs.append((r, positions, ids, skip))
         if jobs:
             logits = self._counterfactual_logits([ids for _, _, ids, _ in jobs], input_ids.device)
-            for (r, positions, ids, skip), row_logits in zip(jobs, logits):
+            for (r, positions, ids, _skip), row_logits in zip(jobs, logits):
                 offset = len(ids) - len(positions)  # context length minus the row tokens it replaced
                 out.logits[r, positions] = row_logits[offset: offset + len(positions)].to(out.logits.dtype)
         return out
@@ -873,12 +864,7 @@ class MemoryEditor(EditMethod):
         path = Path(self.context.cache_dir) / "memory" / \
             f"centre-{self.context.model_fingerprint[:16]}-{self.context.stats_corpus_name.replace(':', '_')}" \
             f"-L{layer}-n{n_texts}.pt"
-        centre = None
-        if path.is_file():
-            try:
-                centre = torch.load(path, map_location="cpu", weights_only=True)
-            except Exception:  # a torn or foreign file: recompute
-                centre = None
+        centre = cachefile.read_tensor(path, self.context.log)
         if centre is None:
             start = time.perf_counter()
             texts = list(self.context.stats_texts(n_texts))
@@ -888,11 +874,7 @@ class MemoryEditor(EditMethod):
             self.context.log(f"memory: base encoder centre from {len(texts)} texts at layer {layer} "
                              f"({time.perf_counter() - start:.1f}s)")
             try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                handle, temporary = tempfile.mkstemp(prefix=".centre.", dir=path.parent)
-                os.close(handle)
-                torch.save(centre, temporary)
-                os.replace(temporary, path)
+                cachefile.write_tensor(path, centre)
             except OSError:
                 pass  # a read-only cache only costs recomputation
         self.context.memo[memo] = centre

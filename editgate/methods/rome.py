@@ -29,7 +29,7 @@ from editgate.methods.locate import (ValueSettings, context_templates, optimise_
 class RomeHParams(HParamsBase):
     # None: about a sixth of the way up, where factual recall peaks in causal traces
     layer: int | None = bounded(None, 0, MAX_LAYER, layer=True)
-    v_steps: int = bounded(25, 1, MAX_STEPS)  # Adam steps optimising the value offset at most
+    v_steps: int = bounded(25, 0, MAX_STEPS)  # Adam steps optimising the value offset at most
     v_lr: float = bounded(0.5, 0, 100)
     v_weight_decay: float = bounded(1e-3, 0, 1e3)
     clamp_norm_factor: float = bounded(4.0, 0, 1e6)  # |delta| <= factor * |original value|

@@ -2,18 +2,19 @@
 
 They are the costly one-off of parametric editing, so they are computed for all requested layers in
 one pass that stops after the highest of them (the layers above never run), and cached on disk keyed
-by the model's fingerprint, the layer, the corpus and the sample size.
+by the model's fingerprint, the layer, the corpus and the sample size. Cache files go through
+`editgate.cachefile`, so a torn or damaged one is reported and computed again instead of crashing
+`torch.load` or being trusted.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from editgate import cachefile
 from editgate.architecture import mlp_out
 from editgate.metrics.scoring import batches_by_length, pad_right
 
@@ -65,7 +66,8 @@ def key_second_moments(model, tokenizer, layers: list[int], texts: list[str], ma
         for handle in handles:
             handle.remove()
     seconds = time.perf_counter() - start
-    log(f"key statistics for layers {sorted(layers)}: {done} tokens in {seconds:.1f}s ({done / max(seconds, 1e-9):.0f} tok/s)")
+    rate = done / max(seconds, 1e-9)
+    log(f"key statistics for layers {sorted(layers)}: {done} tokens in {seconds:.1f}s ({rate:.0f} tok/s)")
     return {layer: (sums[layer] / counts[layer]).float().cpu() for layer in layers}
 
 
@@ -73,34 +75,26 @@ def cached_second_moments(model, tokenizer, layers: list[int], *, cache_dir: Pat
                           corpus: str, texts_fn, samples: int, max_tokens: int, log=print) -> dict[int, torch.Tensor]:
     """`key_second_moments` through the disk cache: compute only the layers not cached yet, in one pass."""
     paths = {layer: stats_path(cache_dir, fingerprint, corpus, samples, max_tokens, layer) for layer in layers}
-    result = {layer: torch.load(path, weights_only=True) for layer, path in paths.items() if path.is_file()}
+    result = {}
+    for layer, path in paths.items():
+        moment = cachefile.read_tensor(path, log)
+        if moment is not None:
+            result[layer] = moment
     missing = [layer for layer in layers if layer not in result]
     if missing:
         computed = key_second_moments(model, tokenizer, missing, texts_fn(), max_tokens, log=log)
         for layer, moment in computed.items():
-            _save_atomic(moment, paths[layer])
+            cachefile.write_tensor(paths[layer], moment)
         result.update(computed)
     return result
 
 
-def cached_tensor(cache_dir: Path, fingerprint: str, corpus: str, name: str, build) -> torch.Tensor:
+def cached_tensor(cache_dir: Path, fingerprint: str, corpus: str, name: str, build, log=print) -> torch.Tensor:
     """A tensor derived from a model's statistics (e.g. a null-space projection), built once and cached."""
     safe_corpus = "".join(c if c.isalnum() else "_" for c in corpus)
     path = Path(cache_dir) / "stats" / fingerprint / "derived" / f"{safe_corpus}-{name}.pt"
-    if path.is_file():
-        return torch.load(path, weights_only=True)
-    tensor = build()
-    _save_atomic(tensor, path)
+    tensor = cachefile.read_tensor(path, log)
+    if tensor is None:
+        tensor = build()
+        cachefile.write_tensor(path, tensor)
     return tensor
-
-
-def _save_atomic(tensor: torch.Tensor, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".partial-", suffix=".pt")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(tensor, handle)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)

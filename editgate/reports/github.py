@@ -101,7 +101,8 @@ def annotations(doc: dict[str, Any], env: Mapping[str, str] | None = None,
         located = {e["id"] for e in edits if e.get("status") in ("fail", "collapse")}
         for reason in doc.get("reasons") or []:
             if not any(f"'{edit_id}'" in reason for edit_id in located):  # e.g. an edit-metric minimum
-                out.append({"file": None, "line": None, "title": "editgate: the gate failed", "message": reason, "id": None})
+                out.append({"file": None, "line": None, "title": "editgate: the gate failed", "message": reason,
+                            "id": None})
     if doc.get("verdict") in ("error", "interrupted"):
         title = "editgate: the run was interrupted" if doc["verdict"] == "interrupted" else "editgate: the run failed"
         out.append({"file": None, "line": None, "title": title,

@@ -14,8 +14,10 @@ from editgate.reports.markdown import ICONS, STATUS, _fmt, _pct
 from editgate.vcs import source_link
 
 _CSS = """
-body{font:14px/1.45 system-ui,-apple-system,Segoe UI,sans-serif;margin:2em auto;max-width:1200px;color:#1f2328;padding:0 1em}
-table{border-collapse:collapse;margin:1em 0;font-size:13px}th,td{border:1px solid #d0d7de;padding:4px 8px;text-align:left}
+body{font:14px/1.45 system-ui,-apple-system,Segoe UI,sans-serif;margin:2em auto;max-width:1200px;color:#1f2328;
+padding:0 1em}
+table{border-collapse:collapse;margin:1em 0;font-size:13px}
+th,td{border:1px solid #d0d7de;padding:4px 8px;text-align:left}
 th{background:#f6f8fa}td.num{text-align:right;font-variant-numeric:tabular-nums}
 tr.fail,tr.collapse{background:#ffebe9}tr.warn{background:#fff8c5}tr.not-run{color:#8c959f}
 code{background:#f6f8fa;padding:1px 4px;border-radius:4px}.culprit{border-left:4px solid #cf222e;padding-left:.8em}
@@ -33,7 +35,8 @@ def render_html(doc: dict[str, Any], image: Path | None = None) -> str:
     if culprit:
         where = f"{culprit['file']}:{culprit['line']}"
         link = source_link(doc.get("repository"), culprit["file"], culprit["line"])
-        shown = f'<a href="{escape(link)}"><code>{escape(where)}</code></a>' if link else f"<code>{escape(where)}</code>"
+        code = f"<code>{escape(where)}</code>"
+        shown = f'<a href="{escape(link)}">{code}</a>' if link else code
         parts.append(f'<p class="culprit"><strong>Culprit:</strong> <code>{escape(culprit["id"])}</code> at {shown} '
                      f"({escape(culprit['status'])}, perplexity x{escape(_fmt(culprit['ratio']))})</p>")
     if doc.get("error"):
@@ -88,8 +91,11 @@ def _edits(doc: dict[str, Any]) -> str:
         mark = "🆕 " if e.get("new") else ""
         rows.append(
             f'<tr class="{escape(e["status"])}"><td class="num">{i}</td><td>{mark}<code>{escape(e["id"])}</code></td>'
-            f"<td>{where_html}</td><td>{escape(e['method'])}</td><td>{escape(STATUS.get(e['status'], e['status']))}</td>"
-            f'<td class="num">{escape(_fmt(e.get("perplexity")))}</td><td class="num">{escape(_fmt(e.get("ratio")))}</td>'
-            f'<td class="num">{escape(_fmt(e.get("ratio_change"), 4))}</td><td class="num">{_pct(m.get("efficacy"))}</td>'
+            f"<td>{where_html}</td><td>{escape(e['method'])}</td>"
+            f"<td>{escape(STATUS.get(e['status'], e['status']))}</td>"
+            f'<td class="num">{escape(_fmt(e.get("perplexity")))}</td>'
+            f'<td class="num">{escape(_fmt(e.get("ratio")))}</td>'
+            f'<td class="num">{escape(_fmt(e.get("ratio_change"), 4))}</td>'
+            f'<td class="num">{_pct(m.get("efficacy"))}</td>'
             f'<td class="num">{_pct(m.get("generalization"))}</td><td class="num">{_pct(m.get("locality"))}</td></tr>')
     return f"<h2>Edits</h2><table>{head}{''.join(rows)}</table>"

@@ -71,7 +71,8 @@ def _edits_suite(root: ET.Element, doc: dict[str, Any]) -> None:
     for index, edit in enumerate(doc.get("edits") or [], 1):
         seconds = sum(v for v in (edit.get("seconds") or {}).values() if isinstance(v, (int, float)))
         classname = "editgate.edits." + re.sub(r"\.(ya?ml|json)$", "", edit.get("file") or "manifest").replace("/", ".")
-        case = _case(suite, edit["id"], classname, seconds, file=edit.get("file") or "", line=str(edit.get("line") or 0))
+        case = _case(suite, edit["id"], classname, seconds, file=edit.get("file") or "",
+                     line=str(edit.get("line") or 0))
         status = edit.get("status")
         where = f"{edit.get('file')}:{edit.get('line')}"
         if status in _FAILED_EDIT:

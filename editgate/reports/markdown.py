@@ -5,8 +5,10 @@ GitHub renders)."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
+from editgate.safetext import printable
 from editgate.vcs import source_link
 
 ICONS = {"passed": "✅", "failed": "❌", "invalid": "⚠️", "error": "💥", "interrupted": "⏹️"}
@@ -14,6 +16,24 @@ STATUS = {"pass": "✅ pass", "warn": "⚠️ warn", "fail": "❌ fail", "collap
           "unchecked": "… unchecked", "not-run": "— not run"}
 MAX_BYTES = 1_000_000
 NEW = "🆕"
+
+
+def _code(value: Any, table: bool = False) -> str:
+    """Inline code that repository text cannot break out of: its own backticks need a longer fence,
+    line breaks are escaped, and inside a table a `|` would end the cell."""
+    text = printable(value)
+    if table:
+        text = text.replace("|", "\\|")
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * (longest + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
+def _plain(value: Any, table: bool = False) -> str:
+    """Repository text in a Markdown line: one line, no HTML (a comment would hide the rest), no cell break."""
+    text = printable(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return text.replace("|", "\\|") if table else text
 
 
 def _fmt(x: Any, digits: int = 3) -> str:
@@ -30,12 +50,13 @@ def _pct(x: Any) -> str:
 
 def render_markdown(doc: dict[str, Any]) -> str:
     lines = [f"## {ICONS.get(doc['verdict'], '')} editgate: {doc['verdict']}", ""]
-    lines += [f"- {reason}" for reason in doc.get("reasons") or []]
+    lines += [f"- {_plain(reason)}" for reason in doc.get("reasons") or []]
     culprit = doc.get("culprit")
     if culprit:
         link = source_link(doc.get("repository"), culprit["file"], culprit["line"])
         new = next((e.get("new") for e in doc.get("edits") or [] if e.get("id") == culprit["id"]), None)
-        lines += ["", f"**Culprit:** `{culprit['id']}` at `{culprit['file']}:{culprit['line']}` "
+        where = _code(f"{culprit['file']}:{culprit['line']}")
+        lines += ["", f"**Culprit:** {_code(culprit['id'])} at {where} "
                       + (f"([source]({link})) " if link else "")
                       + f"({culprit['status']}, perplexity x{_fmt(culprit['ratio'])})"
                       + (", new in this change" if new else "")]
@@ -52,7 +73,7 @@ def render_markdown(doc: dict[str, Any]) -> str:
 
 def _warnings(doc: dict[str, Any]) -> list[str]:
     warnings = doc.get("warnings") or []
-    out = ["", "**Warnings:**", *[f"- {w}" for w in warnings[:50]]] if warnings else []
+    out = ["", "**Warnings:**", *[f"- {_plain(w)}" for w in warnings[:50]]] if warnings else []
     if len(warnings) > 50:
         out.append(f"- … and {len(warnings) - 50} more in report.json")
     if doc.get("cached"):
@@ -69,8 +90,10 @@ def _benchmarks(doc: dict[str, Any]) -> list[str]:
            "|---|---|---|---|---|---|---|"]
     for point in points:
         for c in point.get("benchmarks", []):
-            verdict = ("❌ fail" if c["failed"] else "✅ pass") + (" (within noise)" if c["failed"] and c["within_noise"] else "")
-            out.append(f"| {point['edits']} | {c['task']} | {c['metric']} | {_fmt(c['base'])} | {_fmt(c['now'])} "
+            noise = " (within noise)" if c["failed"] and c["within_noise"] else ""
+            verdict = ("❌ fail" if c["failed"] else "✅ pass") + noise
+            out.append(f"| {point['edits']} | {_plain(c['task'], True)} | {c['metric']} | {_fmt(c['base'])} "
+                       f"| {_fmt(c['now'])} "
                        f"| {_fmt(c['drop'])} | {verdict} |")
     return out
 
@@ -80,7 +103,7 @@ def _confirmation(doc: dict[str, Any]) -> list[str]:
     if not c:
         return []
     rest = "passes" if c["rest_passes"] else "still fails"
-    return ["", f"**Confirmation:** without `{c['without']}` the rest of the sequence {rest} "
+    return ["", f"**Confirmation:** without {_code(c['without'])} the rest of the sequence {rest} "
                 f"(worst perplexity x{_fmt(c['worst_ratio'])})."]
 
 
@@ -90,9 +113,9 @@ def _summary(doc: dict[str, Any]) -> list[str]:
     metrics = doc.get("edit_metrics") or {}
     env = doc.get("environment") or {}
     out = [
-        f"Model `{env.get('model')}` ({env.get('dtype')} on {env.get('device')}), "
+        f"Model {_code(env.get('model'))} ({env.get('dtype')} on {env.get('device')}), "
         f"{len(doc.get('edits', []))} edits, baseline perplexity {_fmt(base.get('perplexity'))} "
-        f"on {base.get('texts')} texts / {base.get('tokens')} tokens of `{policy.get('corpus')}`; "
+        f"on {base.get('texts')} texts / {base.get('tokens')} tokens of {_code(policy.get('corpus'))}; "
         f"thresholds warn x{policy.get('warn_ratio')}, fail x{policy.get('fail_ratio')}, "
         f"collapse x{policy.get('collapse_ratio')}.",
     ]
@@ -113,11 +136,11 @@ def _new_edits(doc: dict[str, Any]) -> list[str]:
     if not base:
         return []
     new = [e for e in doc.get("edits", []) if e.get("new")]
-    head = (f"**New in this change** (compared with `{base['ref']}` at {base['commit'][:12]}): "
+    head = (f"**New in this change** (compared with {_code(base['ref'])} at {base['commit'][:12]}): "
             f"{len(new)} of {len(doc.get('edits', []))} edits")
     if not new:
         return ["", head + "."]
-    listed = ", ".join(f"`{e['id']}` ({STATUS.get(e['status'], e['status'])})" for e in new[:MAX_LISTED_NEW])
+    listed = ", ".join(f"{_code(e['id'])} ({STATUS.get(e['status'], e['status'])})" for e in new[:MAX_LISTED_NEW])
     more = f", and {len(new) - MAX_LISTED_NEW} more" if len(new) > MAX_LISTED_NEW else ""
     return ["", f"{head}: {listed}{more}. Marked {NEW} below."]
 
@@ -128,7 +151,9 @@ def _edits_table(doc: dict[str, Any]) -> list[str]:
     for i, e in enumerate(doc.get("edits", []), 1):
         m = e.get("metrics") or {}
         mark = f"{NEW} " if e.get("new") else ""
-        out.append(f"| {i} | {mark}`{e['id']}` | `{e['file']}:{e['line']}` | {e['method']} | {STATUS.get(e['status'], e['status'])} "
+        where = _code(f"{e['file']}:{e['line']}", table=True)
+        out.append(f"| {i} | {mark}{_code(e['id'], table=True)} | {where} | {e['method']} "
+                   f"| {STATUS.get(e['status'], e['status'])} "
                    f"| {_fmt(e['perplexity'])} | {_ratio_cell(e)} | {_fmt(e['ratio_change'], 4)} "
                    f"| {_pct(m.get('efficacy'))} | {_pct(m.get('generalization'))} | {_pct(m.get('locality'))} |")
     early = [e for e in doc.get("edits", []) if (e.get("check") or {}).get("stopped_early")]

@@ -106,7 +106,8 @@ def render_plot(doc: dict[str, Any], path: Path) -> None:
     ax.grid(True, axis="y", alpha=0.3)
     verdict = doc.get("verdict", "")
     model = str((doc.get("environment") or {}).get("model") or "model").rstrip("/")
-    model = model.rsplit("/", 1)[-1] if not model.startswith(("builtin:", "hf:")) and "/" in model and Path(model).is_absolute() else model
+    if not model.startswith(("builtin:", "hf:")) and "/" in model and Path(model).is_absolute():
+        model = model.rsplit("/", 1)[-1]
     ax.set_title(f"editgate {verdict}: perplexity after each edit ({_short(model, 48)})", fontsize=11)
     ax.legend(loc="best", fontsize=8, framealpha=0.9)
     path = Path(path)
