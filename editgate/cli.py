@@ -151,11 +151,14 @@ def run(repo: Path, policy: str | None, model: str | None, device: str | None, d
                  "trust_remote_code": trust_remote_code or None}
     on_github = github.active()
     with interruptible() as guard:
-        if on_github and not quiet:  # the log folds into a group; text from manifests cannot act as commands
-            with github.LogGroup(lambda line: click.echo(line, err=True)):  # our own commands, unescaped
+        try:
+            if on_github and not quiet:  # the log folds into a group; text from manifests cannot act as commands
+                with github.LogGroup(lambda line: click.echo(line, err=True)):  # our own commands, unescaped
+                    document, code = _run_gate(repo, policy, overrides, log, options)
+            else:
                 document, code = _run_gate(repo, policy, overrides, log, options)
-        else:
-            document, code = _run_gate(repo, policy, overrides, log, options)
+        except Interrupted as error:  # a signal before or after the gate's own handling of one
+            document, code = _interrupted(error, None, {}), EXIT_INTERRUPTED
         guard.hold()  # a second signal (SIGTERM after SIGINT) must not cut the report short
         paths = _write_reports(document, out, log)
         _echo_outcome(document, paths)
@@ -227,16 +230,25 @@ def _run_gate(repo: Path, policy_override: str | None, overrides: dict[str, Any]
             partial = _partial(gate, context)
         return error_document("invalid", EXIT_INVALID, "invalid input", error.problems, partial=partial), EXIT_INVALID
     except (Interrupted, KeyboardInterrupt) as error:
-        message = str(error) if isinstance(error, Interrupted) else "interrupted by SIGINT"
-        log(f"{message}: writing the report of what was done so far")
-        return error_document("interrupted", EXIT_INTERRUPTED, message,
-                              partial=_partial(gate, context)), EXIT_INTERRUPTED
+        log(f"{_interruption(error)}: writing the report of what was done so far")
+        return _interrupted(error, gate, context), EXIT_INTERRUPTED
     except Exception as error:  # RunError, OOM, ... and bugs: exit 3 with a report
         message = f"{type(error).__name__}: {error}"
         log(f"the run failed: {message}")
         if os.environ.get("EDITGATE_DEBUG"):
             traceback.print_exc()
         return error_document("error", EXIT_RUN_FAILED, message, partial=_partial(gate, context)), EXIT_RUN_FAILED
+
+
+def _interruption(error: BaseException) -> str:
+    return str(error) if isinstance(error, Interrupted) else "interrupted by SIGINT"
+
+
+def _interrupted(error: BaseException, gate, context: dict[str, Any]) -> dict:
+    """The report of an interrupted run: whatever the gate had done when the signal came."""
+    from editgate.reports import error_document
+
+    return error_document("interrupted", EXIT_INTERRUPTED, _interruption(error), partial=_partial(gate, context))
 
 
 def _load(config, edits, log: Callable[[str], None]):

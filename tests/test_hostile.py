@@ -413,6 +413,27 @@ def test_a_signal_leaves_an_interrupted_report(tmp_path, tiny_repo, signals):
     assert "interrupted" in (out / "junit.xml").read_text(encoding="utf-8")
 
 
+# --- 10. the cache survives concurrency (damage and crashes: tests/test_cache_integrity.py) -------------
+
+
+def test_two_runs_on_one_cold_cache_both_succeed_with_the_same_figures(tmp_path, tiny_repo):
+    repo = tiny_repo()
+    env = {**os.environ, "EDITGATE_CACHE_DIR": str(tmp_path / "shared-cache"), "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-m", "editgate.cli", "run", "--repo", str(repo), "--out",
+                               str(tmp_path / f"out{i}"), "--quiet"], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for i in range(2)]
+    results = [(proc.wait(timeout=600), proc.stderr.read()) for proc in procs]
+    assert [code for code, _ in results] == [0, 0], results
+    docs = [json.loads((tmp_path / f"out{i}" / "report.json").read_text()) for i in range(2)]
+    assert docs[0]["baseline"] == docs[1]["baseline"]
+    assert [e["ratio"] for e in docs[0]["edits"]] == [e["ratio"] for e in docs[1]["edits"]]
+    again = cli("run", "--repo", str(repo), "--out", str(tmp_path / "out2"), "--quiet",
+                env={"EDITGATE_CACHE_DIR": str(tmp_path / "shared-cache")})
+    third = json.loads((tmp_path / "out2" / "report.json").read_text())
+    assert again.exit_code == 0 and "perplexity" in third["cached"]  # what they left is trusted and reused
+    assert [e["ratio"] for e in third["edits"]] == [e["ratio"] for e in docs[0]["edits"]]
+
+
 # --- 11. small things a careful user notices ------------------------------------------------------------
 
 

@@ -106,8 +106,11 @@ def logits_at(model, ids: torch.Tensor, mask: torch.Tensor, rows: torch.Tensor, 
     head = model.get_output_embeddings()
     if head is None or any(getattr(model.config, k, None) not in (None, 1, 1.0) for k in LOGIT_POSTPROCESSING):
         return model(input_ids=ids, attention_mask=mask, **inputs).logits[rows, cols].float()
+    # the base model's output stays where its last block ran (accelerate returns to the input's device only
+    # from the whole model's forward): pick there, and give the logits back on the input's device
     hidden = model.base_model(input_ids=ids, attention_mask=mask, **inputs).last_hidden_state
-    return head(hidden[rows, cols]).float()
+    picked = hidden[rows.to(hidden.device), cols.to(hidden.device)]
+    return head(picked).float().to(ids.device)
 
 
 def _subject_batch(tokenizer, edits: list[Edit], templates: list[str]) -> tuple[list[list[int]], list[int]]:
@@ -252,7 +255,8 @@ def optimise_value(model, tokenizer, target: MlpOut, edit: Edit, templates: list
     """
     batch = rewrite_batch(model, tokenizer, edit, templates)
     width = target.weight.shape[1] if target.transposed else target.weight.shape[0]
-    delta = torch.zeros(width, device=batch.ids.device, dtype=torch.float32, requires_grad=True)
+    # on the edited layer's device (with several GPUs, not the inputs'): the hook adds it to that layer's output
+    delta = torch.zeros(width, device=target.weight.device, dtype=torch.float32, requires_grad=True)
     original: list[torch.Tensor] = []
 
     def add_delta(_module, _inputs, output):  # position 0 of every row is its subject's last token
@@ -274,16 +278,16 @@ def optimise_value(model, tokenizer, target: MlpOut, edit: Edit, templates: list
             if kl_reference is None:
                 kl_reference = kl_logprobs.detach()
             kl_loss = F.kl_div(kl_logprobs, kl_reference, log_target=True, reduction="batchmean")
-            decay = delta.norm() ** 2 / original[0].norm() ** 2
-            nll_value = float(nll.detach())
+            decay = (delta.norm() ** 2 / original[0].norm() ** 2).to(nll.device)  # delta: the layer's device
+            nll_value = float(nll.detach())  # the step's one host synchronisation: early stop needs the value
             if nll_value < settings.early_stop_nll:
                 break
             (nll + settings.kl_factor * kl_loss + settings.weight_decay * decay).backward()
             optimiser.step()
-            with torch.no_grad():
+            with torch.no_grad():  # the norm clamp without leaving the device (no comparison on the host)
                 limit = settings.clamp_norm_factor * original[0].norm()
-                if delta.norm() > limit:
-                    delta.mul_(limit / delta.norm())
+                norm = delta.norm()
+                delta.mul_(torch.where(norm > limit, limit / norm, torch.ones_like(norm)))
     finally:
         handle.remove()
     return delta.detach().cpu(), {"v_steps": steps, "target_nll": nll_value}

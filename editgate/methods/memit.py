@@ -43,6 +43,7 @@ GPTJ_LAMBDA, GPTJ_KEY_WIDTH = 15000.0, 16384  # MEMIT's published setting and th
 def default_layers(layers: int, span: int = 5) -> list[int]:
     """`span` consecutive layers centred on ROME's layer (MEMIT used 3-8 of GPT-J's 28)."""
     centre = default_layer(layers)
+    span = min(span, layers)  # a model shallower than the span edits all of its layers
     first = max(0, min(centre - span // 2, layers - span))
     return list(range(first, first + span))
 

@@ -473,10 +473,9 @@ class EditMemory:
             return [Route(None, float("-inf")) for _ in range(len(embeddings))]
         _, owner, _ = self.key_matrix()
         best, index = self.best_keys(embeddings, exclude)
-        routes = []
-        for sim, key in zip(best.tolist(), index.tolist()):
-            routes.append(Route(int(owner[key]) if sim >= self.threshold else None, float(sim)))
-        return routes
+        owners = owner.tolist()  # to the host once per batch: a lookup per row would synchronise per row
+        return [Route(owners[key] if sim >= self.threshold else None, float(sim))
+                for sim, key in zip(best.tolist(), index.tolist())]
 
     # -- threshold ------------------------------------------------------------------------------
 
@@ -718,7 +717,9 @@ class MemoryModel(torch.nn.Module):
         if hidden is not None and self._uses_hidden_states():
             embeddings = self.memory.encoder.pool(hidden, input_ids, mask)  # type: ignore[attr-defined]
             return self.memory.route_embeddings(embeddings)
-        texts = [self.tokenizer.decode(row.tolist(), skip_special_tokens=True) for row in self._rows(input_ids, mask)]
+        host_ids, host_mask = input_ids.cpu(), mask.cpu()  # one copy per batch, not a sync per row
+        rows = self._rows(host_ids, host_mask)
+        texts = [self.tokenizer.decode(row.tolist(), skip_special_tokens=True) for row in rows]
         return self.memory.route(texts)
 
     def context_ids(self, entry: MemoryEntry, row: list[int]) -> tuple[list[int], int]:
@@ -761,12 +762,14 @@ class MemoryModel(torch.nn.Module):
         self.rows += len(routes)
         jobs = []  # (row, positions, counterfactual ids, skip)
         limit = self._max_positions()
+        host: tuple[torch.Tensor, torch.Tensor] | None = None  # the batch on the host, copied once if needed
         for r, route in enumerate(routes):
             if route.entry is None:
                 continue
-            positions = mask[r].bool().nonzero().flatten()
+            host = host or (input_ids.cpu(), mask.cpu())
+            positions = host[1][r].bool().nonzero().flatten()  # a CPU index into the device logits
             entry = self.memory.entries[route.entry]
-            ids, skip = self.context_ids(entry, input_ids[r][positions].tolist())
+            ids, skip = self.context_ids(entry, host[0][r][positions].tolist())
             self.routed[entry.edit.id] += 1
             self.routed_rows += 1
             if limit is not None and len(ids) > limit:

@@ -40,7 +40,7 @@ def key_second_moments(model, tokenizer, layers: list[int], texts: list[str], ma
     def capture(layer):
         def hook(_module, inputs):
             keys = inputs[0].float()
-            flat = keys[current_mask[0].bool()]
+            flat = keys[current_mask[0].to(keys.device).bool()]  # the layer may sit on another GPU than the mask
             outer = flat.T @ flat
             sums[layer] = sums[layer] + outer.double() if layer in sums else outer.double()
             counts[layer] += flat.shape[0]

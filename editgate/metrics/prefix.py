@@ -50,8 +50,8 @@ class PrefixCache:
         if key not in self.states:
             logits, states = full_with_states(self.model, ids, mask, self.layer)
             width = ids.shape[1]
-            if width not in self.offsets:
-                self.offsets[width] = input_offset(self.model, width, states)
+            if width not in self.offsets:  # measured at block 0, which may sit on another device than `layer`
+                self.offsets[width] = input_offset(self.model, width, states).to(states.device)
             self.states[key] = states - self.offsets[width]
             if self.verified is None:
                 self._verify(ids, mask, logits, key)
