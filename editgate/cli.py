@@ -35,6 +35,8 @@ class Progress:
 
     def __init__(self, quiet: bool):
         self.quiet = quiet
+        if quiet:  # third-party tqdm bars too (the GGUF conversion's): read when tqdm is first imported
+            os.environ.setdefault("TQDM_DISABLE", "1")
 
     def __call__(self, message: str) -> None:
         if not self.quiet:

@@ -486,6 +486,19 @@ def test_an_odd_editgate_yaml_is_never_silently_absent(tmp_path, kind):
 # --- 12. what a run prints -------------------------------------------------------------------------------
 
 
+def test_quiet_silences_third_party_progress_bars(tmp_path, tiny_repo):
+    """A GGUF model is converted on first use; transformers' tqdm bar for it stays silent under --quiet."""
+    from test_cache_integrity import write_tiny_gguf
+
+    gguf = write_tiny_gguf(tmp_path / "tiny.gguf")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "EDITGATE_CACHE_DIR": str(tmp_path / "fresh")}
+    proc = subprocess.run([sys.executable, "-m", "editgate.cli", "baseline", "--repo", str(tiny_repo()), "--model",
+                           str(gguf), "--quiet"], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert any((tmp_path / "fresh" / "models").iterdir())  # it was converted in this run
+    assert proc.stderr == "", proc.stderr
+
+
 def test_a_quiet_run_prints_nothing_but_the_verdict(tmp_path, tiny_repo):
     repo = tiny_repo()
     env = {**os.environ, "PYTHONWARNINGS": "default", "OMP_NUM_THREADS": "1"}
