@@ -39,14 +39,19 @@ def _place(model: torch.nn.Module, devices: int) -> torch.nn.Module:
     del device_map[blocks_name]
     for i in range(len(blocks)):
         device_map[f"{blocks_name}.{i}"] = "sim:0" if i == 0 else "sim:1"
+    head, embeddings = model.get_output_embeddings(), model.get_input_embeddings()
+    if head is not None and head.weight is embeddings.weight:  # tied (GPT-2): one tensor, one device,
+        for name, module in model.named_children():  # as device_map="auto" keeps them
+            if module is head:
+                device_map[name] = "sim:0"
     return dispatch_model(model, device_map=device_map)
 
 
-def run_gate(repo, load_tiny, devices: int, method: str, cache):
+def run_gate(repo, load_tiny, devices: int, method: str, cache, arch: str = "llama"):
     config, policy, edits = load_inputs(repo)
     config = dataclasses.replace(config, method=method, cache_dir=str(cache))  # no statistics from another run
     edits = [dataclasses.replace(edit, method=method) for edit in edits]
-    loaded = load_tiny("llama", layers=4)
+    loaded = load_tiny(arch, layers=4)
     if devices == 0:
         gate = Gate(config, policy, edits, loaded, log=lambda _m: None)
         return gate.run(), None
@@ -102,6 +107,18 @@ def test_the_gate_on_simulated_gpus_matches_the_cpu(tiny_repo, load_tiny, method
         assert b.ratio == pytest.approx(a.ratio, rel=1e-4)
     print(f"host synchronisations, {method} on {devices} simulated GPU(s):",
           {phase: dict(counter) for phase, counter in mode.by_phase.items()})
+    check_budget(mode)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "qwen2", "gpt_neox"])
+def test_other_architectures_split_over_two_simulated_gpus(tiny_repo, load_tiny, arch, tmp_path):
+    """Learned position embeddings (GPT-2, transposed Conv1D weights too), rotary ones computed once in
+    the base model (Qwen2, GPT-NeoX): ROME through the gate on two devices, as on the CPU."""
+    repo = tiny_repo(manifests={"edits/a.yaml": EDITS_A}, policy=_policy())
+    cpu, _ = run_gate(repo, load_tiny, 0, "rome", tmp_path / "cpu-cache", arch)
+    sim, mode = run_gate(repo, load_tiny, 2, "rome", tmp_path / "sim-cache", arch)
+    assert [r.status for r in sim.records] == [r.status for r in cpu.records]
+    assert [r.ratio for r in sim.records] == pytest.approx([r.ratio for r in cpu.records], rel=1e-4)
     check_budget(mode)
 
 
