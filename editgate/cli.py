@@ -220,7 +220,7 @@ def _run_gate(repo: Path, policy_override: str | None, overrides: dict[str, Any]
         gate = Gate(config, policy, edits, loaded, log=log, use_cache=options.use_cache)
         result = gate.run(confirm=options.confirm)
         artifacts = _save_outputs(gate, config, result.verdict, options, log)
-        artifacts.update(_save_memory(gate, options, log))
+        artifacts.update(_save_artifacts(gate, options, log))
         code = EXIT_PASSED if result.verdict == "passed" else EXIT_FAILED
         return build_document(result, policy, code, new=context["new"], repository=context["repository"],
                               base_ref=context["base_ref"], artifacts=artifacts), code
@@ -284,7 +284,7 @@ def _gather_context(config, edits, options: RunOptions, context: dict[str, Any],
 
 def _check_outputs(options: RunOptions, config, edits) -> None:
     """--save-model / --save-delta targets are checked before the model is loaded, and so is whether the
-    edits live in the weights at all (memory-based editing keeps them out of the weights)."""
+    edits live in the weights at all (a method that wraps the model keeps them out of the weights)."""
     from editgate.export import check_model_target
     from editgate.methods import METHODS
 
@@ -292,7 +292,7 @@ def _check_outputs(options: RunOptions, config, edits) -> None:
         _check_out(options.out)
     if options.save_model is None and options.save_delta is None:
         return
-    outside = [e.id for e in edits if not _writes_weights(METHODS.get(e.method or config.method))]
+    outside = [e.id for e in edits if not METHODS[e.method or config.method].writes_weights]
     if outside:
         flag = "--save-model" if options.save_model is not None else "--save-delta"
         shown = ", ".join(outside[:5]) + (f" and {len(outside) - 5} more" if len(outside) > 5 else "")
@@ -317,25 +317,15 @@ def _check_out(out: Path) -> None:
                          "name a directory editgate can create and write") from None
 
 
-def _writes_weights(method_class) -> bool:
-    """Whether a method's edits are weight changes (memory-based editing wraps the model instead)."""
-    if method_class is None:
-        return True
-    return bool(getattr(method_class, "writes_weights", method_class.name != "memory"))
-
-
-def _save_memory(gate, options: RunOptions, log: Callable[[str], None]) -> dict[str, Any]:
-    """The memory method's edits, encoder and threshold as memory.json beside the reports, with how
-    its scope classifier routes the perplexity sample (false positives) and the paraphrases."""
-    editor = gate.methods.get("memory")
-    if editor is None or getattr(editor, "memory", None) is None or options.out is None:
+def _save_artifacts(gate, options: RunOptions, log: Callable[[str], None]) -> dict[str, Any]:
+    """What each method keeps outside the weights (the memory method's memory.json), beside the reports."""
+    if options.out is None:
         return {}
-    from editgate.methods.memory import routing_figures
-
-    path = editor.save_memory(Path(options.out) / "memory.json")
-    figures = routing_figures(editor.memory, gate.check_texts, [r.edit for r in gate.records if r.method == "memory"])
-    log(f"memory: saved {path}; perplexity texts routed to an edit: {figures.get('false_positive_rate')}")
-    return {"memory": str(path), "memory_routing": figures}
+    artifacts: dict[str, Any] = {}
+    for name, method in gate.methods.items():
+        edits = [r.edit for r in gate.records if r.method == name]
+        artifacts.update(method.save_artifacts(Path(options.out), gate.check_texts, edits, log))
+    return artifacts
 
 
 def _save_outputs(gate, config, verdict: str, options: RunOptions, log: Callable[[str], None]) -> dict[str, Any]:

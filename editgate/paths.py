@@ -53,6 +53,18 @@ def repository_file(root: Path, relative: str, what: str = "", base: Path | None
     return full
 
 
+def named_file(root: Path | None, relative: str, what: str = "", base: Path | None = None) -> Path:
+    """`repository_file` for a repository; with no repository (a file the operator named on the command
+    line), the path as the operator wrote it, `~` expanded, relative to `base` or the working directory."""
+    if root is not None:
+        return repository_file(root, relative, what, base)
+    path = Path(relative).expanduser()
+    full = (path if path.is_absolute() else (base or Path.cwd()) / path).resolve()
+    if not full.is_file():
+        raise PathError(f"{what + ' ' if what else ''}{relative!r} does not exist")
+    return full
+
+
 # --- hf: dataset names --------------------------------------------------------------------------------
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?$")

@@ -24,6 +24,7 @@ What this cannot show: speed, memory, kernels, and numerics of GPU kernels.
 from __future__ import annotations
 
 import contextlib
+import types
 from collections import Counter
 from typing import Any, Iterator
 
@@ -43,37 +44,15 @@ def register() -> None:
     if _registered:
         return
     torch.utils.rename_privateuse1_backend(BACKEND)
-    torch._register_device_module(BACKEND, _DeviceModule())
+    torch._register_device_module(BACKEND, _DEVICE_MODULE)
     _registered = True
 
 
-class _DeviceModule:
-    """`torch.sim`: what PyTorch asks of a backend's module. Not an available accelerator: optimisers and
-    accelerate treat the run as they treat a CPU run, and the tensors carry the device."""
-
-    @staticmethod
-    def is_available() -> bool:
-        return False
-
-    @staticmethod
-    def device_count() -> int:
-        return DEVICES
-
-    @staticmethod
-    def current_device() -> int:
-        return 0
-
-    @staticmethod
-    def is_initialized() -> bool:
-        return True
-
-    @staticmethod
-    def _is_in_bad_fork() -> bool:
-        return False
-
-    @staticmethod
-    def manual_seed_all(seed: int) -> None:
-        pass
+# `torch.sim`: what PyTorch asks of a backend's module. Not an available accelerator: optimisers and
+# accelerate treat the run as they treat a CPU run, and the tensors carry the device.
+_DEVICE_MODULE = types.SimpleNamespace(
+    is_available=lambda: False, device_count=lambda: DEVICES, current_device=lambda: 0,
+    is_initialized=lambda: True, _is_in_bad_fork=lambda: False, manual_seed_all=lambda seed: None)
 
 
 def device(index: int = 0) -> torch.device:

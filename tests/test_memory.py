@@ -165,7 +165,7 @@ def test_save_load_round_trip(load_tiny, tmp_path):
     path = method.save_memory(tmp_path / "out" / "memory.json")
     data = json.loads(path.read_text())
     assert data["version"] == 1 and data["encoder"]["name"] == "base"
-    assert not list(path.parent.glob(".memory.json.*"))  # the temporary file was renamed away
+    assert not list(path.parent.glob(".partial-*"))  # the temporary file was renamed away
 
     other = editor(loaded, tmp_path)
     wrapped = other.load_memory(path)

@@ -86,6 +86,8 @@ class EditMethod:
     name: ClassVar[str]
     description: ClassVar[str]
     HParams: ClassVar[type]
+    # its edits are weight changes (saved models and edit packs contain them); False: it wraps the model
+    writes_weights: ClassVar[bool] = True
 
     def __init__(self, model: torch.nn.Module, tokenizer: Any, context: "MethodContext"):
         self.model = model
@@ -98,6 +100,10 @@ class EditMethod:
 
     def apply(self, edits: list[Edit], hparams: Any) -> AppliedEdit:
         raise NotImplementedError
+
+    def save_artifacts(self, out_dir: Any, check_texts: list[str], edits: list[Edit], log: Any) -> dict[str, Any]:
+        """What the method keeps outside the weights, saved beside the reports: {report key: value}."""
+        return {}
 
 
 @dataclass

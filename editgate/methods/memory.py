@@ -829,6 +829,7 @@ class MemoryModel(torch.nn.Module):
 
 class MemoryEditor(EditMethod):
     name = "memory"
+    writes_weights = False
     description = ("SERAC-style: edits kept in an explicit memory, a similarity scope classifier routes "
                    "in-scope inputs to the base model with the edit in its context; weights untouched")
     HParams = MemoryHParams
@@ -921,6 +922,16 @@ class MemoryEditor(EditMethod):
     def save_memory(self, path: Path | str) -> Path | None:
         """Save the memory (None when no memory edit was applied)."""
         return self.memory.save(path) if self.memory is not None else None
+
+    def save_artifacts(self, out_dir, check_texts: list[str], edits: list[Edit], log) -> dict[str, Any]:
+        """memory.json (edits, encoder, threshold), with how the scope classifier routes the perplexity
+        sample (false positives) and the paraphrases."""
+        if self.memory is None:
+            return {}
+        path = self.save_memory(Path(out_dir) / "memory.json")
+        figures = routing_figures(self.memory, check_texts, edits)
+        log(f"memory: saved {path}; perplexity texts routed to an edit: {figures.get('false_positive_rate')}")
+        return {"memory": str(path), "memory_routing": figures}
 
     def load_memory(self, path: Path | str) -> MemoryModel:
         """Replace the memory with a saved one (re-embedded here) and return the wrapped model."""

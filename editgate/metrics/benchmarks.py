@@ -44,7 +44,7 @@ import torch
 from editgate.errors import InputError, Problem, RunError
 from editgate.metrics.perplexity import safe_exp
 from editgate.metrics.scoring import score_sequences
-from editgate.paths import PathError, load_hf_dataset, parse_hf, repository_file
+from editgate.paths import PathError, load_hf_dataset, named_file, parse_hf
 from editgate.yamlio import describe, line_of, load_records, load_yaml, unknown_key
 
 PACKAGED_TASKS = Path(__file__).resolve().parent.parent / "tasks"
@@ -359,21 +359,11 @@ def _build(spec: str, tokenizer, root: Path | None) -> list["Task"]:
 
 def _inside(relative: str, root: Path | None, base: Path | None, shown: str, where: _Where | None,
             key: str | None = None) -> Path:
-    """`relative` resolved against `base` (else `root`), kept inside `root` (editgate/paths.py); with no
-    root (a suite the operator names on the command line) relative to the working directory."""
-    def fail(message: str):
-        return where.error(key, message) if where else InputError(Problem(shown, None, message))
-
-    if root is not None:
-        try:
-            return repository_file(root, relative, base=base)
-        except PathError as error:
-            raise fail(str(error)) from None
-    path = Path(relative).expanduser()
-    full = (path if path.is_absolute() else (base or Path.cwd()) / path).resolve()
-    if not full.is_file():
-        raise fail(f"{relative!r} does not exist")
-    return full
+    """`relative` resolved against `base` (else `root`), kept inside `root` (editgate/paths.py)."""
+    try:
+        return named_file(root, relative, base=base)
+    except PathError as error:
+        raise (where.error(key, str(error)) if where else InputError(Problem(shown, None, str(error)))) from None
 
 
 @dataclass
