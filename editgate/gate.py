@@ -422,7 +422,8 @@ def environment(loaded: LoadedModel) -> dict[str, Any]:
 
     return {
         "model": loaded.spec, "model_source": loaded.source, "model_fingerprint": loaded.fingerprint,
-        "device": str(loaded.device), "dtype": str(loaded.dtype).removeprefix("torch."),
+        "device": str(loaded.device), "devices": sorted({str(p.device) for p in loaded.model.parameters()}),
+        "dtype": str(loaded.dtype).removeprefix("torch."),
         "threads": torch.get_num_threads(), "editgate": editgate.__version__, "torch": torch.__version__,
         "transformers": transformers.__version__, "python": platform.python_version(),
         "platform": platform.platform(),

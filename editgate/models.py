@@ -16,7 +16,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -43,14 +43,41 @@ class LoadedModel:
     from_cache: bool
 
 
+class Gpus:
+    """The GPUs a model is placed on: CUDA's on a runner. Everything the gate does with a device goes
+    through this seam, so the simulated-GPU test tier (tests/simdevice.py) installs its own and runs the
+    whole CLI as it runs on GPUs."""
+
+    type = "cuda"
+
+    def count(self) -> int:
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+    def shard(self, load: Callable[..., Any]) -> Any:
+        """`device: multi`: accelerate's balanced split over every GPU, weights loaded onto their GPUs."""
+        return load(device_map="auto")
+
+
+GPUS = Gpus()
+
+
 def pick_device(device: str) -> str:
-    """`auto` means the first GPU when there is one, else the CPU; `multi` shards with accelerate."""
+    """`auto` means the first GPU when there is one, else the CPU; `cuda`/`cuda:N` name a GPU of this
+    machine's; `multi` shards over all of them with accelerate."""
+    gpus = GPUS.count()
     if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") or device == "multi":
-        if not torch.cuda.is_available():
-            raise RunError(f"device {device!r} was asked for but no CUDA GPU is available; use device: cpu or auto")
-    return device
+        return f"{GPUS.type}:0" if gpus else "cpu"
+    if device == "cpu":
+        return device
+    if not gpus:
+        raise RunError(f"device {device!r} was asked for but no CUDA GPU is available; use device: cpu or auto")
+    if device == "multi":
+        return device
+    index = int(device.partition(":")[2] or 0)
+    if index >= gpus:
+        raise RunError(f"device {device!r} was asked for but this machine has {gpus} GPU(s) "
+                       f"(cuda:0 to cuda:{gpus - 1}); name one of them, or use device: multi")
+    return f"{GPUS.type}:{index}"
 
 
 def pick_dtype(dtype: str, device: str) -> torch.dtype:
@@ -157,20 +184,20 @@ def _converted_gguf(gguf: Path, cache_dir: Path, log) -> tuple[Path, bool, dict]
 def _from_pretrained(source, torch_dtype, device, trust_remote_code, kwargs):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    placement = {"device_map": "auto"} if device == "multi" else {}
+    def load(**placement):
+        return AutoModelForCausalLM.from_pretrained(
+            source, dtype=torch_dtype, trust_remote_code=trust_remote_code, **placement, **kwargs)
+
     try:
         tokenizer_kwargs = {k: v for k, v in kwargs.items() if k != "use_safetensors"}
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code, **tokenizer_kwargs)
-        model = AutoModelForCausalLM.from_pretrained(
-            source, dtype=torch_dtype, trust_remote_code=trust_remote_code, **placement, **kwargs)
+        model = GPUS.shard(load) if device == "multi" else load().to(device)
     except (OSError, ValueError) as exc:
         named_by_id = not Path(str(source)).is_dir()
         hint = " (offline: only models already in the local Hugging Face cache can be named by id)" \
             if kwargs.get("local_files_only") and named_by_id else ""
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise RunError(f"cannot load model {source}: {first_line}{hint}") from exc
-    if device != "multi":
-        model.to(device)
     return model, tokenizer
 
 

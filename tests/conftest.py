@@ -36,6 +36,17 @@ HIDDEN, INTERMEDIATE, HEADS = 64, 256, 4
 TINY_ROME = {"stats_samples": 50, "v_steps": 10, "context_templates": 2, "context_length": 5}
 
 
+def pytest_terminal_summary(terminalreporter) -> None:
+    """The simulated-GPU tier's host synchronisations per edit, check and benchmark run (tests/simdevice.py)."""
+    import sys
+
+    simdevice = sys.modules.get("simdevice")
+    if simdevice is not None and simdevice.REPORT:
+        terminalreporter.section("host synchronisations on simulated GPUs (per phase)")
+        for line in simdevice.REPORT:
+            terminalreporter.write_line(line)
+
+
 def shared_file(name: str) -> Path:
     """A file of ../shared/data, or skip the test saying why."""
     path = SHARED_DATA / name
@@ -153,6 +164,35 @@ def tiny_model_dir(tmp_path_factory, tokenizer) -> Callable[..., Path]:
     return make
 
 
+TRAINING_STEPS = 40
+
+
+@pytest.fixture(scope="session")
+def trained_tiny_dir(tmp_path_factory, tokenizer) -> Path:
+    """A tiny Llama trained briefly on the statistics corpus (seconds): better than uniform, so damage
+    raises its perplexity. A random tiny model is near uniform and worse than it (perplexity about the
+    vocabulary size): any edit moves its perplexity a little, up or down by chance, so a test that
+    needs a failing check uses this model."""
+    from editgate.corpora import sample_texts
+
+    torch.manual_seed(0)
+    model = build_tiny_model("llama", tokenizer, layers=4).train()
+    encoded = [tokenizer(t, truncation=True, max_length=64)["input_ids"]
+               for t in sample_texts("builtin:wiki", "stats", 400, 0)]
+    data = torch.tensor([e for e in encoded if len(e) == 64])
+    optimiser = torch.optim.Adam(model.parameters(), lr=5e-3)
+    order = torch.Generator().manual_seed(0)
+    for _ in range(TRAINING_STEPS):
+        rows = data[torch.randint(0, len(data), (16,), generator=order)]
+        optimiser.zero_grad()
+        model(input_ids=rows, labels=rows).loss.backward()
+        optimiser.step()
+    out = tmp_path_factory.mktemp("tiny-llama-trained")
+    model.eval().save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
 @pytest.fixture
 def load_tiny(tiny_model_dir, tmp_path):
     """Factory: load_tiny(arch, layers=4, seed=0) -> editgate LoadedModel (CPU, float32), freshly loaded."""
@@ -265,20 +305,23 @@ def write_repo(repo: Path, model_dir: Path, manifests: dict[str, str], policy: s
 
 
 @pytest.fixture
-def tiny_repo(tmp_path, tiny_model_dir) -> Callable[..., Path]:
+def tiny_repo(tmp_path, tiny_model_dir, request) -> Callable[..., Path]:
     """Factory: tiny_repo(**options) -> a gate repository in tmp whose model is a tiny Llama.
 
     Options: arch, layers, manifests ({relative path: text}, default two files with three edits),
-    warn_ratio/fail_ratio/collapse_ratio, policy (full policy text), rome (hparams overrides).
+    warn_ratio/fail_ratio/collapse_ratio, policy (full policy text), rome (hparams overrides), trained
+    (the briefly trained tiny Llama of `trained_tiny_dir` instead of a random one).
     The cache directory is the test's tmp_path / "cache" (`_cache_in_tmp`), never ~/.cache.
     """
 
     def make(*, arch: str = "llama", layers: int = 4, manifests: dict[str, str] | None = None,
              warn_ratio: float = 5.0, fail_ratio: float = 10.0, collapse_ratio: float = 100.0,
-             policy: str | None = None, rome: dict | None = None, name: str = "repo") -> Path:
+             policy: str | None = None, rome: dict | None = None, name: str = "repo",
+             trained: bool = False) -> Path:
         policy_text = policy or LENIENT_POLICY.format(warn_ratio=warn_ratio, fail_ratio=fail_ratio,
                                                       collapse_ratio=collapse_ratio)
-        return write_repo(tmp_path / name, tiny_model_dir(arch, layers),
+        model_dir = request.getfixturevalue("trained_tiny_dir") if trained else tiny_model_dir(arch, layers)
+        return write_repo(tmp_path / name, model_dir,
                           manifests or {"edits/2026-01-01-a.yaml": EDITS_A, "edits/2026-01-02-b.yaml": EDITS_B},
                           policy_text, rome)
 

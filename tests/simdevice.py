@@ -18,6 +18,10 @@ backend is renamed `sim` (the name is process-wide; nothing else in the tests us
 pass, but PyTorch 2.13's autograd engine has no ready queue for a Python-registered PrivateUse1
 device: backward asserts. The backward pass runs where its forward ran, so forward checks cover it.)
 
+`SimulatedGpus` is editgate's GPU seam (`editgate.models.GPUS`) for two such devices: with it installed,
+`device: cuda` loads onto `sim:0` and `device: multi` splits the model over `sim:0` and `sim:1` with
+accelerate's dispatch, so the CLI runs as on a two-GPU runner.
+
 What this cannot show: speed, memory, kernels, and numerics of GPU kernels.
 """
 
@@ -29,13 +33,17 @@ from collections import Counter
 from typing import Any, Iterator
 
 import torch
+from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten, tree_map
+
+from editgate.models import Gpus
 
 BACKEND = "sim"
 DEVICES = 2
 
 _registered = False
+REPORT: list[str] = []  # host synchronisations per phase of each run, for the test session's summary
 
 
 def register() -> None:
@@ -126,7 +134,8 @@ class SimTensor(torch.Tensor):
                 return func(*args, **kwargs)
         if target is not None and target.type in (BACKEND, "cpu"):
             if func is torch.Tensor.to and devices == {target}:
-                return args[0] if _parse_to(args, kwargs)[1] in (None, args[0].dtype) else \
+                unchanged = _parse_to(args, kwargs)[1] in (None, args[0].dtype) and not kwargs.get("copy")
+                return args[0] if unchanged else \
                     wrap(_moved(func, args, kwargs), target)
             if target.type == "cpu":
                 if func in (torch.Tensor.to, torch.Tensor.cpu):
@@ -203,6 +212,7 @@ def _parse(value: Any) -> torch.device | None:
 
 def _parse_to(args: tuple, kwargs: dict) -> tuple:
     """(device, dtype, non_blocking, memory_format) of a `.to(...)` call, as PyTorch reads them."""
+    kwargs = {k: v for k, v in kwargs.items() if k != "copy"}  # `copy=True`: every simulated move copies
     with torch._C.DisableTorchFunctionSubclass():
         return torch._C._nn._parse_to(*args[1:], **kwargs)
 
@@ -283,3 +293,42 @@ def simulated_devices() -> Iterator[SimulatedDevices]:
     finally:
         _ACTIVE.remove(mode)
         torch.__future__.set_swap_module_params_on_conversion(previous)
+
+
+class SimulatedGpus(Gpus):
+    """Two simulated GPUs behind editgate's device seam."""
+
+    type = BACKEND
+
+    def count(self) -> int:
+        return DEVICES
+
+    def shard(self, load) -> nn.Module:
+        """accelerate's `device_map="auto"` cannot size simulated devices, so the split is fixed: see `split`."""
+        return split(load())
+
+
+def split(model: nn.Module) -> nn.Module:
+    """The model over sim:0 and sim:1 with accelerate's dispatch (the hooks `device_map="auto"` installs):
+    the embeddings and block 0 on sim:0; every later block, the final norm and the head on sim:1, so the
+    edited layers sit on the second device and an edit's inputs, keys and outputs live on different
+    devices. A head tied to the embeddings (GPT-2) is one tensor on one device, as "auto" keeps it."""
+    from accelerate import dispatch_model
+
+    from editgate.architecture import block_list
+
+    blocks_name, blocks = block_list(model)
+    device_map = {name: "sim:1" for name, _ in model.named_children()}
+    base = model.base_model_prefix
+    del device_map[base]
+    for name, _ in getattr(model, base).named_children():
+        device_map[f"{base}.{name}"] = "sim:0" if "emb" in name or name in ("wte", "wpe") else "sim:1"
+    del device_map[blocks_name]
+    for i in range(len(blocks)):
+        device_map[f"{blocks_name}.{i}"] = "sim:0" if i == 0 else "sim:1"
+    head, embeddings = model.get_output_embeddings(), model.get_input_embeddings()
+    if head is not None and head.weight is embeddings.weight:
+        for name, module in model.named_children():
+            if module is head:
+                device_map[name] = "sim:0"
+    return dispatch_model(model, device_map=device_map)

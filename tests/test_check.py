@@ -15,6 +15,7 @@ from editgate.methods import get_method
 from editgate.metrics.check import PerplexityCheck
 from editgate.metrics.perplexity import CHUNKS, PerplexityResult, PerplexitySample, perplexity
 from editgate.metrics.prefix import PrefixCache, lowest_written_layer
+from editgate.metrics.scoring import Batch
 from editgate.policy import PerplexityPolicy, Policy
 
 from conftest import gate_policy
@@ -78,27 +79,45 @@ def test_lowest_written_layer_is_zero_outside_the_blocks(load_tiny):
 
 
 def test_a_model_the_cache_cannot_reproduce_turns_it_off(load_tiny):
-    """A model that transforms inputs_embeds on the way in (scales them, as Gemma does) fails the
-    verification on the first batch: the cache turns itself off and says why."""
+    """A model that treats `inputs_embeds` differently from `input_ids` (here: positions shifted when
+    it is given embeddings: spread twice as far apart) fails the verification on the first batch: the cache turns itself off and
+    says why, and the answer comes from the full model."""
     loaded = load_tiny("llama")
     model = loaded.model
     original_forward = model.forward
 
-    def scaling_forward(*args, inputs_embeds=None, **kwargs):
+    def shifting_forward(*args, inputs_embeds=None, **kwargs):
         if inputs_embeds is not None:
-            inputs_embeds = inputs_embeds * 3.0
+            kwargs["position_ids"] = 2 * torch.arange(inputs_embeds.shape[1])[None]
         return original_forward(*args, inputs_embeds=inputs_embeds, **kwargs)
 
-    model.forward = scaling_forward
+    model.forward = shifting_forward
     try:
         cache = PrefixCache(model, 2)
         ids = torch.tensor([loaded.tokenizer("Paris is the capital of France.")["input_ids"]] * 2)
-        logits = cache.forward(ids, torch.ones_like(ids))
+        logits = cache.forward(Batch(ids, torch.ones_like(ids), ids))
         assert cache.verified is False and "whole model" in cache.problem
-        assert torch.equal(logits, model(input_ids=ids).logits)  # the answer came from the full model
+        assert torch.equal(logits, model(input_ids=ids).logits)
         assert cache.states == {}
     finally:
         del model.forward
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_the_prefix_cache_is_exact_in_bfloat16(arch, tiny_model_dir, tmp_path):
+    """The cached states enter the upper blocks as captured (nothing subtracted and added back), so the
+    cache holds in a GPU's default dtype too; GPT-2's learned positions once made it turn itself off
+    in bfloat16 (a 7e-3 round-off against a 1e-4 tolerance)."""
+    from editgate.models import load_model
+
+    loaded = load_model(str(tiny_model_dir(arch, 4)), device="cpu", dtype="bfloat16", cache_dir=tmp_path / "c",
+                        log=lambda _m: None)
+    ids = torch.tensor([loaded.tokenizer("Paris is the capital of France, and it lies on the Seine.")["input_ids"]] * 2)
+    batch = Batch(ids, torch.ones_like(ids), ids)
+    cache = PrefixCache(loaded.model, 2)
+    full = cache.forward(batch)
+    assert cache.verified, cache.problem
+    assert torch.equal(cache.forward(batch), full)  # from the cached states: the same logits, bit for bit
 
 
 # --- early stopping ---------------------------------------------------------------------------------
@@ -145,7 +164,7 @@ def test_early_stop_and_prefix_cache_keep_the_verdict(tiny_repo, tmp_path):
     for name, switches in (("on", {"early_stop": "true"}), ("off", {"early_stop": "false", "prefix_cache": "false"})):
         policy = gate_policy(samples=40, max_tokens=48, warn_ratio=1.0, fail_ratio=1.0001, collapse_ratio=1000000.0,
                              **switches)
-        repo = tiny_repo(name=name, manifests={"edits/2026-03-01-seq.yaml": MANIFEST}, policy=policy)
+        repo = tiny_repo(name=name, manifests={"edits/2026-03-01-seq.yaml": MANIFEST}, policy=policy, trained=True)
         code, docs[name] = gate(repo, tmp_path / name)
         assert code == 1
     on, off = docs["on"], docs["off"]

@@ -315,6 +315,14 @@ def test_layer_beyond_the_model_is_invalid_input_found_before_the_first_edit(tin
     assert doc["verdict"] == "invalid" and doc["problems"][0]["line"] == 5
 
 
+def test_an_edit_at_the_last_block_is_invalid_input(tiny_repo, tmp_path):
+    """ROME at the last block writes a value no later block reads: refused before the first edit."""
+    repo = tiny_repo(rome={"layer": 3})
+    result = run_cli("run", "--repo", str(repo), "--out", str(tmp_path / "out"), "--quiet")
+    assert result.exit_code == 2, result.output
+    assert "is 3, the model's last block" in result.output and "use a layer from 0 to 2" in result.output
+
+
 def test_unexpected_crash_exits_3_with_a_report_not_a_traceback(tiny_repo, tmp_path, monkeypatch):
     """Whatever breaks inside the run (here the method itself) must end as exit 3 with report.json, never
     as exit 1 (which means "the gate failed") with a traceback and no report."""

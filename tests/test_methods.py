@@ -193,3 +193,31 @@ def test_rewrite_batch_with_cached_prefixes_equals_the_whole_sequences(arch, loa
     assert batch.prefix is not None and batch.ids.shape[1] < ids.shape[1]
     torch.testing.assert_close(cached, whole, rtol=1e-4, atol=1e-4)
     assert batch.gold.tolist() == goal * len(templates)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_context_prefixes_are_reproducible_and_the_key_value_cache_changes_nothing(arch, load_tiny):
+    """The prefixes ROME-style methods average over: seeded, and the same tokens as a full forward pass
+    per token with the same random draws (the generation reuses the key-value cache)."""
+    import torch.nn.functional as F
+
+    from editgate.methods.locate import CONTEXT_SEEDS, TOP_K, sample_prefixes
+
+    loaded = load_tiny(arch)
+    model, tok = loaded.model, loaded.tokenizer
+    prefixes = sample_prefixes(model, tok, 3, 6, seed=0)
+    assert prefixes == sample_prefixes(model, tok, 3, 6, seed=0)
+    assert prefixes != sample_prefixes(model, tok, 3, 6, seed=1)
+
+    generator = torch.Generator().manual_seed(0)
+    expected = []
+    for i in range(3):
+        ids = tok(CONTEXT_SEEDS[i], return_tensors="pt").input_ids
+        draws = torch.rand(6, generator=generator)
+        for position in range(6):
+            with torch.no_grad():
+                top = torch.topk(model(input_ids=ids).logits[0, -1].float(), TOP_K)
+            below = int((F.softmax(top.values, -1).cumsum(-1) < draws[position]).sum().clamp(max=TOP_K - 1))
+            ids = torch.cat([ids, top.indices[below].view(1, 1)], dim=1)
+        expected.append(tok.decode(ids[0], skip_special_tokens=True).strip())
+    assert prefixes == expected

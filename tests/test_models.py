@@ -186,3 +186,18 @@ def test_loading_never_writes_into_the_model_directory(tiny_model_dir, tmp_path)
     with torch.no_grad():
         mlp_out(loaded.model, 1).weight.mul_(2.0)  # editing the loaded model touches memory only
     assert tree_digest(model_dir) == before
+
+
+def test_devices_are_named_against_the_gpus_this_machine_has(monkeypatch):
+    """`cuda`/`cuda:N` resolve through editgate's GPU seam; a GPU the machine lacks is a clear error."""
+    import simdevice
+    from editgate import models
+
+    monkeypatch.setattr(models, "GPUS", simdevice.SimulatedGpus())
+    simdevice.register()
+    assert pick_device("auto") == pick_device("cuda") == pick_device("cuda:0") == "sim:0"
+    assert pick_device("cuda:1") == "sim:1"
+    assert pick_device("multi") == "multi" and pick_device("cpu") == "cpu"
+    assert pick_dtype("auto", "sim:0") is torch.bfloat16
+    with pytest.raises(RunError, match=r"this machine has 2 GPU\(s\) \(cuda:0 to cuda:1\)"):
+        pick_device("cuda:2")

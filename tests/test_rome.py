@@ -235,4 +235,33 @@ def test_method_registry_and_hparam_checks():
 
 
 def test_default_layer_scales_with_depth():
-    assert default_layer(2) == 1 and default_layer(12) == 2 and default_layer(30) == 5
+    assert default_layer(2) == 0 and default_layer(4) == 1 and default_layer(12) == 2 and default_layer(30) == 5
+
+
+@pytest.mark.parametrize("depth", [2, 3, 4, 6, 12, 28, 48])
+def test_default_layers_leave_a_block_above_the_edit(depth):
+    """ROME's value and MEMIT's target residual are read by the blocks above them; at the last block an
+    edit changes nothing the prompt's answer sees (MEMIT on a 4-layer model once edited nothing at all)."""
+    from editgate.methods.memit import default_layers
+
+    assert 0 <= default_layer(depth) <= depth - 2
+    layers = default_layers(depth)
+    assert layers == list(range(layers[0], layers[-1] + 1)) and 0 <= layers[0] and layers[-1] <= depth - 2
+    assert len(layers) == min(5, depth - 1)
+
+
+def test_the_last_block_is_refused_for_every_method_that_needs_one_above():
+    from editgate.methods import METHODS, layer_problems
+
+    needing = {name for name, cls in METHODS.items() if cls.needs_a_block_above}
+    assert needing >= {"rome", "memit", "alphaedit"}
+    for name, cls in METHODS.items():
+        field = cls.HParams.layer_fields()[0]
+        value = [3] if field == "layers" else 3
+        problems = layer_problems(name, cls.HParams().updated({field: value}), depth=4)
+        if name in needing:
+            assert problems and "the model's last block" in problems[0] and "from 0 to 2" in problems[0]
+        else:
+            assert problems == [], name
+        below = [2] if field == "layers" else 2
+        assert layer_problems(name, cls.HParams().updated({field: below}), depth=4) == []

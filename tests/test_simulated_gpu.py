@@ -6,45 +6,27 @@ caught."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import json
+from pathlib import Path
+from unittest import mock
 
 import pytest
 import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file
 
+from editgate import models
+from editgate.cli import main
 from editgate.gate import Gate
+from editgate.methods import locate
 from editgate.validate import load_inputs
 
 import simdevice
-from conftest import EDITS_A, gate_policy
+from conftest import EDITS_A, EDITS_B, gate_policy
 
 METHODS = ["rome", "memit", "alphaedit", "ft", "memory"]
-
-
-def _place(model: torch.nn.Module, devices: int) -> torch.nn.Module:
-    """The model on sim:0; or split with accelerate's dispatch: the embeddings and block 0 on sim:0, every
-    later block, the final norm and the head on sim:1, so the edited layers sit on the second device and
-    an edit's inputs, its keys and its outputs live on different devices."""
-    if devices == 1:
-        return model.to(simdevice.device(0))
-    from accelerate import dispatch_model
-
-    from editgate.architecture import block_list
-
-    blocks_name, blocks = block_list(model)
-    device_map = {name: "sim:1" for name, _ in model.named_children()}
-    base = model.base_model_prefix
-    del device_map[base]
-    for name, _ in getattr(model, base).named_children():
-        device_map[f"{base}.{name}"] = "sim:0" if "emb" in name or name in ("wte", "wpe") else "sim:1"
-    del device_map[blocks_name]
-    for i in range(len(blocks)):
-        device_map[f"{blocks_name}.{i}"] = "sim:0" if i == 0 else "sim:1"
-    head, embeddings = model.get_output_embeddings(), model.get_input_embeddings()
-    if head is not None and head.weight is embeddings.weight:  # tied (GPT-2): one tensor, one device,
-        for name, module in model.named_children():  # as device_map="auto" keeps them
-            if module is head:
-                device_map[name] = "sim:0"
-    return dispatch_model(model, device_map=device_map)
 
 
 def run_gate(repo, load_tiny, devices: int, method: str, cache, arch: str = "llama"):
@@ -55,18 +37,37 @@ def run_gate(repo, load_tiny, devices: int, method: str, cache, arch: str = "lla
     if devices == 0:
         gate = Gate(config, policy, edits, loaded, log=lambda _m: None)
         return gate.run(), None
-    with simdevice.simulated_devices() as mode:
-        loaded.model = _place(loaded.model, devices)
+    with simdevice.simulated_devices() as mode, statistics_counted(mode):
+        loaded.model = loaded.model.to(simdevice.device(0)) if devices == 1 else simdevice.split(loaded.model)
         loaded.device = next(loaded.model.parameters()).device
         gate = Gate(config, policy, edits, loaded, log=lambda _m: None)
-        _count_by_phase(gate, mode)
+        for name, counted in _counted_phases(gate, mode):
+            setattr(gate, name, counted)
         result = gate.run()
     return result, mode
 
 
-def _count_by_phase(gate: Gate, mode: simdevice.SimulatedDevices) -> None:
-    """Host synchronisations of each edit and each check, counted separately (per call: `edit-3`)."""
-    for name, phase in (("apply", "edit"), ("measure_check", "check")):
+PHASES = {"apply": "edit", "measure_check": "check", "checkpoint": "benchmarks"}
+
+
+@contextlib.contextmanager
+def statistics_counted(mode: simdevice.SimulatedDevices):
+    """The key statistics pass (once per model and layer, then cached on disk) counted as its own phase:
+    it synchronises per batch of corpus texts, inside transformers' attention-mask preparation."""
+    original = locate.cached_second_moments
+
+    def counted(*args, **kwargs):
+        with mode.counting(f"statistics-{sum(1 for key in mode.by_phase if key.startswith('statistics'))}"):
+            return original(*args, **kwargs)
+
+    with mock.patch.object(locate, "cached_second_moments", counted):
+        yield
+
+
+def _counted_phases(gate, mode: simdevice.SimulatedDevices):
+    """(name, wrapper) for the gate's edit, check and benchmark steps: host synchronisations of each call
+    are counted under its own phase (`edit-3`, `check-0`)."""
+    for name, phase in PHASES.items():
         original = getattr(gate, name)
 
         def counted(*args, _original=original, _phase=phase, **kwargs):
@@ -74,21 +75,30 @@ def _count_by_phase(gate: Gate, mode: simdevice.SimulatedDevices) -> None:
             with mode.counting(f"{_phase}-{index}"):
                 return _original(*args, **kwargs)
 
-        setattr(gate, name, counted)
+        yield name, counted
 
 
 TEXTS = 24  # check texts: more than any per-check budget, so a sync per text cannot pass
 MAX_STEPS = 25  # the most optimisation steps of any method here (ft's default; ROME's tiny setting is 10)
+MAX_TEMPLATES = 10  # context prefixes, generated once per run (MEMIT's default); one read-back each
+BENCHMARK_REQUESTS = 200  # builtin:small's, in about 40 batches
 
 
-def check_budget(mode: simdevice.SimulatedDevices) -> None:
-    """None per text in a check; none per token in an edit (after the first, which sets up the run)."""
+def check_budget(mode: simdevice.SimulatedDevices, label: str = "") -> None:
+    """None per text in a check, per request in a benchmark run; none per token in an edit: a few per optimisation
+    step and per context prefix. The statistics pass is reported, not budgeted (once, then cached).
+    The counts go into the test session's summary (`simdevice.REPORT`)."""
+    if label:
+        simdevice.REPORT.append(f"{label}: " + ", ".join(
+            f"{phase} {sum(counter.values())}" for phase, counter in mode.by_phase.items()))
     for phase, counter in mode.by_phase.items():
         total = sum(counter.values())
         if phase.startswith("check"):
             assert total < TEXTS // 2, f"{phase}: {dict(counter)} host synchronisations for {TEXTS} texts"
-        elif phase.startswith("edit") and phase != "edit-0":
-            assert total <= 2 * MAX_STEPS + 8, f"{phase}: {dict(counter)} host synchronisations"
+        elif phase.startswith("edit"):
+            assert total <= 2 * MAX_STEPS + 2 * MAX_TEMPLATES + 8, f"{phase}: {dict(counter)} host synchronisations"
+        elif phase.startswith("benchmarks"):  # per batch: 2 (the others), 4 (memory: its routing, too)
+            assert total < BENCHMARK_REQUESTS, f"{phase}: {dict(counter)} for {BENCHMARK_REQUESTS} requests"
 
 
 def _policy() -> str:
@@ -105,9 +115,7 @@ def test_the_gate_on_simulated_gpus_matches_the_cpu(tiny_repo, load_tiny, method
     for a, b in zip(cpu.records, sim.records):
         assert a.status == b.status
         assert b.ratio == pytest.approx(a.ratio, rel=1e-4)
-    print(f"host synchronisations, {method} on {devices} simulated GPU(s):",
-          {phase: dict(counter) for phase, counter in mode.by_phase.items()})
-    check_budget(mode)
+    check_budget(mode, f"{method}, gate, {devices} simulated GPU(s)")
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "qwen2", "gpt_neox"])
@@ -119,7 +127,7 @@ def test_other_architectures_split_over_two_simulated_gpus(tiny_repo, load_tiny,
     sim, mode = run_gate(repo, load_tiny, 2, "rome", tmp_path / "sim-cache", arch)
     assert [r.status for r in sim.records] == [r.status for r in cpu.records]
     assert [r.ratio for r in sim.records] == pytest.approx([r.ratio for r in cpu.records], rel=1e-4)
-    check_budget(mode)
+    check_budget(mode, f"rome, gate, {arch}, 2 simulated GPUs")
 
 
 def test_the_simulated_device_refuses_what_cuda_refuses():
@@ -167,3 +175,124 @@ def test_a_sync_per_token_is_caught(tiny_repo, load_tiny, tmp_path, monkeypatch)
     _, mode = run_gate(repo, load_tiny, 1, "rome", tmp_path / "cache")
     with pytest.raises(AssertionError, match="host synchronisations for"):
         check_budget(mode)
+
+
+# --- the CLI on simulated GPUs: `device: cuda` and `device: multi` ------------------------------------
+
+# Checks come every two edits. The first edit, an overdriven ROME edit (as in tests/test_collapse.py) of
+# the briefly trained tiny model (damage raises its perplexity; a random model's moves by chance), fails
+# the first check, so the gate bisects the two edits that check covers, and --confirm undoes every edit,
+# the method's own too, and re-runs without the culprit. The benchmark suite runs at the end.
+OVERDRIVEN = """\
+edits:
+  - id: overdriven
+    prompt: "{} was founded by"
+    subject: Microsoft
+    target: Steve Jobs
+    method: rome
+    hparams: {clamp_norm_factor: 1000, v_lr: 50, v_weight_decay: 0, kl_factor: 0}
+"""
+CLI_POLICY = f"""\
+perplexity:
+  corpus: builtin:wiki
+  samples: {TEXTS}
+  max_tokens: 48
+  check_every: 2
+  warn_ratio: 1.0
+  fail_ratio: 1.0000001
+  collapse_ratio: 1000000.0
+benchmarks:
+  suite: builtin:small
+  run_at: end
+edits:
+  min_efficacy: 0.0
+  min_generalization: 0.0
+  min_locality: 0.0
+"""
+
+FIGURES = ("ratio", "perplexity", "status", "found_by_bisection", "metrics")
+
+
+@pytest.fixture
+def simulated_gpus(monkeypatch):
+    """editgate's GPU seam on two simulated devices; host synchronisations counted per edit, check and
+    benchmark run of the gate the CLI builds."""
+    with simdevice.simulated_devices() as mode, statistics_counted(mode):
+        monkeypatch.setattr(models, "GPUS", simdevice.SimulatedGpus())
+        original_init = Gate.__init__
+
+        def counting_init(gate, *args, **kwargs):
+            original_init(gate, *args, **kwargs)
+            for name, counted in _counted_phases(gate, mode):
+                setattr(gate, name, counted)
+
+        monkeypatch.setattr(Gate, "__init__", counting_init)
+        yield mode
+
+
+def run_cli_on(device: str, repo: Path, out: Path, mode: simdevice.SimulatedDevices, *extra: str) -> dict:
+    mode.by_phase.clear()
+    result = CliRunner().invoke(main, ["run", "--repo", str(repo), "--out", str(out), "--device", device,
+                                       "--dtype", "auto", "--confirm", "--quiet", *extra])
+    document = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    assert result.exit_code == document["exit_code"] and result.exit_code in (0, 1), (result.output, document["error"])
+    return document
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_the_cli_on_two_simulated_gpus_matches_one(tiny_repo, method, simulated_gpus, tmp_path):
+    """`device: multi` gives the verdict and figures of `device: cuda` (bfloat16 on both, the GPU default):
+    every check, edit metric, benchmark, the bisection, the confirmation and the edit pack."""
+    repo = tiny_repo(manifests={"edits/a.yaml": EDITS_A, "edits/b.yaml": EDITS_B, "edits/0.yaml": OVERDRIVEN},
+                     policy=CLI_POLICY, trained=True)
+    set_method(repo, method)
+    writes_weights = method != "memory"  # the memory method keeps its edits outside the weights
+    pack = ["--save-delta"] if writes_weights else []
+    one = run_cli_on("cuda", repo, tmp_path / "one", simulated_gpus, *pack, *[str(tmp_path / "one.pack")][:len(pack)])
+    check_budget(simulated_gpus, f"{method}, CLI, device: cuda")
+    two = run_cli_on("multi", repo, tmp_path / "two", simulated_gpus, *pack, *[str(tmp_path / "two.pack")][:len(pack)])
+    check_budget(simulated_gpus, f"{method}, CLI, device: multi")
+
+    assert one["environment"]["devices"] == ["sim:0"] and one["environment"]["dtype"] == "bfloat16"
+    assert two["environment"]["devices"] == ["sim:0", "sim:1"]
+    assert two["verdict"] == one["verdict"] and two["culprit"] == one["culprit"]
+    for a, b in zip(one["edits"], two["edits"], strict=True):
+        assert_same_figures({k: a[k] for k in FIGURES}, {k: b[k] for k in FIGURES}, a["id"])
+    assert_same_figures(one["benchmarks"], two["benchmarks"], "benchmarks")
+    assert two["benchmarks"]["baseline"] and two["benchmarks"]["checkpoints"], "the benchmark suite ran"
+    assert_same_figures(one["confirmation"], two["confirmation"], "confirmation")
+    assert two["verdict"] == "failed" and two["culprit"]["id"] == "overdriven"
+    assert two["edits"][0]["found_by_bisection"] and two["confirmation"]["without"] == "overdriven"
+    if writes_weights:
+        first, second = load_file(tmp_path / "one.pack"), load_file(tmp_path / "two.pack")
+        assert first.keys() == second.keys() and first
+        assert all(torch.equal(first[k], second[k]) for k in first)
+        applied = CliRunner().invoke(main, ["apply-delta", "--model", str(one["environment"]["model"]), "--delta",
+                                            str(tmp_path / "two.pack"), "--out", str(tmp_path / "edited")])
+        assert applied.exit_code == 0, applied.output
+
+
+TOLERANCE = 1e-6  # relative: both runs use the CPU's kernels, so the figures agree far closer than this
+
+
+def assert_same_figures(a, b, where: str) -> None:
+    """Equal structure, numbers within TOLERANCE; timings (`seconds`) ignored."""
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), where
+        for key in a:
+            if key != "seconds":
+                assert_same_figures(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, list):
+        assert isinstance(b, list) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_figures(x, y, f"{where}[{i}]")
+    elif isinstance(a, float) and not isinstance(b, bool):
+        assert b == pytest.approx(a, rel=TOLERANCE), where
+    else:
+        assert a == b, where
+
+
+def set_method(repo: Path, method: str) -> None:
+    config = repo / "editgate.yaml"
+    config.write_text(config.read_text(encoding="utf-8").replace("method: rome", f"method: {method}"),
+                      encoding="utf-8")

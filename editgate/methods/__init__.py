@@ -77,12 +77,21 @@ def _range_problems(method: str, key: str, value: Any, bounds: tuple[float, floa
 
 def layer_problems(method: str, hparams: Any, depth: int) -> list[str]:
     """Layer indices beyond the loaded model (checked after loading, before the first edit: Python's
-    negative indexing would otherwise edit a layer nobody asked for)."""
+    negative indexing would otherwise edit a layer nobody asked for), and the last block for a method
+    that needs a block above its edit (there the edit silently changes nothing the prompt's answer sees)."""
+    cls = METHODS[method]
+    top = depth - 2 if cls.needs_a_block_above else depth - 1
     problems = []
-    for key in METHODS[method].HParams.layer_fields():
+    for key in cls.HParams.layer_fields():
         value = getattr(hparams, key)
         for layer in value if isinstance(value, list) else [value]:
-            if layer is not None and not 0 <= layer < depth:
+            if layer is None or 0 <= layer <= top:
+                continue
+            if 0 <= layer < depth:
+                problems.append(f"hyperparameter {key!r} of method {method!r} is {layer}, the model's last block: "
+                                f"{method} writes a value at the subject's last token, which reaches the tokens "
+                                f"after it only through the blocks above; use a layer from 0 to {top}")
+            else:
                 problems.append(f"hyperparameter {key!r} of method {method!r} is {layer}, but the model has "
                                 f"{depth} layers (0 to {depth - 1})")
     return problems

@@ -88,6 +88,9 @@ class EditMethod:
     HParams: ClassVar[type]
     # its edits are weight changes (saved models and edit packs contain them); False: it wraps the model
     writes_weights: ClassVar[bool] = True
+    # its edit is a value written at the subject's last token, which reaches the tokens after the subject
+    # only through the blocks above: the model's last block cannot hold it (ROME, MEMIT)
+    needs_a_block_above: ClassVar[bool] = False
 
     def __init__(self, model: torch.nn.Module, tokenizer: Any, context: "MethodContext"):
         self.model = model

@@ -47,21 +47,37 @@ def context_templates(method, count: int, length: int) -> list[str]:
     return ctx.memo[memo_key]
 
 
+TOP_K = 5  # context prefixes sample among the model's five likeliest next tokens
+
+
 def sample_prefixes(model, tokenizer, count: int, length: int, seed: int) -> list[str]:
-    """`count` continuations of short seed words, top-5 sampled with a seeded generator (reproducible)."""
+    """`count` continuations of short seed words, top-5 sampled. Reproducible on any device: the random
+    draws come from a seeded CPU generator and pick a token by inverting the top-5 distribution, on the
+    device. Generation reuses the key-value cache, and a continuation is read back once, when done:
+    no host synchronisation per token."""
     device = next(model.parameters()).device
     generator = torch.Generator(device="cpu").manual_seed(seed)
+    keyword = cache_keyword(model)
     out = []
     with torch.inference_mode():
         for i in range(count):
             ids = tokenizer(CONTEXT_SEEDS[i % len(CONTEXT_SEEDS)], return_tensors="pt").input_ids.to(device)
-            for _ in range(length):
-                logits = model(input_ids=ids).logits[0, -1].float().cpu()
-                top = torch.topk(logits, 5)
-                choice = top.indices[torch.multinomial(F.softmax(top.values, -1), 1, generator=generator)]
-                ids = torch.cat([ids, choice.view(1, 1).to(device)], dim=1)
-            out.append(tokenizer.decode(ids[0], skip_special_tokens=True).strip())
+            draws = torch.rand(length, generator=generator).to(device)
+            tokens, step, past = [ids], ids, None
+            for position in range(length):
+                output = model(input_ids=step, use_cache=True, **{keyword: past})
+                past = getattr(output, keyword)
+                top = torch.topk(output.logits[0, -1].float(), TOP_K)
+                below = (F.softmax(top.values, -1).cumsum(-1) < draws[position]).sum().clamp(max=TOP_K - 1)
+                step = top.indices.gather(0, below.view(1)).view(1, 1)  # gather: no read-back of the index
+                tokens.append(step)
+            out.append(tokenizer.decode(torch.cat(tokens, dim=1)[0].tolist(), skip_special_tokens=True).strip())
     return out
+
+
+def cache_keyword(model) -> str:
+    """The key-value cache's name in this transformers' forward: `cache` (5.2x on), `past_key_values` before."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def second_moments(method, layers: list[int], samples: int, max_tokens: int) -> dict[int, torch.Tensor]:

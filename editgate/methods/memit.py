@@ -41,10 +41,11 @@ GPTJ_LAMBDA, GPTJ_KEY_WIDTH = 15000.0, 16384  # MEMIT's published setting and th
 
 
 def default_layers(layers: int, span: int = 5) -> list[int]:
-    """`span` consecutive layers centred on ROME's layer (MEMIT used 3-8 of GPT-J's 28)."""
+    """`span` consecutive layers centred on ROME's layer (MEMIT used 3-8 of GPT-J's 28), all below the
+    last block: MEMIT's target residual is written after its top layer and read by the blocks above."""
     centre = default_layer(layers)
-    span = min(span, layers)  # a model shallower than the span edits all of its layers
-    first = max(0, min(centre - span // 2, layers - span))
+    span = max(1, min(span, layers - 1))  # a model shallower than the span edits all but its last block
+    first = max(0, min(centre - span // 2, layers - 1 - span))
     return list(range(first, first + span))
 
 
@@ -75,6 +76,7 @@ class Memit(EditMethod):
     name = "memit"
     description = "least-squares update spread over several MLP layers, many edits at once"
     HParams = MemitHParams
+    needs_a_block_above = True
 
     def default_hparams(self) -> MemitHParams:
         return self.with_model_defaults(self.HParams())

@@ -47,13 +47,15 @@ class RomeHParams(HParamsBase):
 
 
 def default_layer(layers: int) -> int:
-    return max(1, round(layers * 0.17))
+    """About a sixth of the way up, below the last block (an edit there reaches no later token)."""
+    return max(0, min(max(1, round(layers * 0.17)), layers - 2))
 
 
 class Rome(EditMethod):
     name = "rome"
     description = "rank-one update of one MLP output matrix, solved against cached key statistics"
     HParams = RomeHParams
+    needs_a_block_above = True
 
     def default_hparams(self) -> RomeHParams:
         return RomeHParams(layer=default_layer(num_layers(self.model)))

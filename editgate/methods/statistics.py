@@ -34,16 +34,19 @@ def key_second_moments(model, tokenizer, layers: list[int], texts: list[str], ma
     projections = {layer: mlp_out(model, layer) for layer in layers}
     sums: dict[int, torch.Tensor] = {}
     counts = {layer: 0 for layer in layers}
-    current_mask: list[torch.Tensor] = []
+    current: list = []  # the batch's mask on the device and its real-token count (known on the host)
     top = max(layers)
 
     def capture(layer):
         def hook(_module, inputs):
             keys = inputs[0].float()
-            flat = keys[current_mask[0].to(keys.device).bool()]  # the layer may sit on another GPU than the mask
-            outer = flat.T @ flat
+            flat = keys.reshape(-1, keys.shape[-1])
+            # padding rows weighted 0 rather than dropped: boolean-mask indexing would wait for the GPU
+            # once per batch and layer; the layer may sit on another GPU than the mask
+            real = current[0].to(keys.device, keys.dtype).reshape(-1, 1)
+            outer = (flat * real).T @ flat
             sums[layer] = sums[layer] + outer.double() if layer in sums else outer.double()
-            counts[layer] += flat.shape[0]
+            counts[layer] += current[1]
             if layer == top:
                 raise _StopForward
         return hook
@@ -55,13 +58,13 @@ def key_second_moments(model, tokenizer, layers: list[int], texts: list[str], ma
     try:
         for batch in batches_by_length([len(e) for e in encoded], batch_tokens):
             ids, mask = pad_right([encoded[i] for i in batch], tokenizer.pad_token_id or 0)
-            current_mask[:] = [mask.to(device)]
+            current[:] = [mask.to(device), int(mask.sum())]
             with torch.inference_mode():
                 try:
-                    model(input_ids=ids.to(device), attention_mask=mask.to(device))
+                    model(input_ids=ids.to(device), attention_mask=current[0])
                 except _StopForward:
                     pass
-            done += int(mask.sum())
+            done += current[1]
     finally:
         for handle in handles:
             handle.remove()

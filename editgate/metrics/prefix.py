@@ -6,23 +6,26 @@ check runs only the blocks from there up (plus the final norm and the output hea
 share of the compute below that block.
 
 Mechanism (no per-architecture code): the model's block list is temporarily replaced by its upper
-part and the cached states are passed as `inputs_embeds`. Whatever the model adds to `inputs_embeds`
-before the first block (GPT-2's position embeddings; nothing for Llama, Qwen2, GPT-NeoX) is measured
-once by feeding zeros and subtracted from the cached states. Building the cache verifies on the first
-batch that this path reproduces the full forward pass; when it does not (an architecture that scales
-its embeddings, say), the cache is disabled and the check runs the whole model, saying why.
+part, the model is called with zero `inputs_embeds` of the batch's shape (so its own preparation runs:
+rotary tables, masks, position embeddings added to the zeros), and a pre-hook on the first upper block
+replaces that block's input by the cached states, exactly as captured. Nothing is subtracted or added
+back, so the path is exact in any dtype (GPT-2 in bfloat16 included). Building the cache verifies on the
+first batch that this path reproduces the full forward pass; when it does not (an architecture that
+feeds its blocks something derived from the input ids themselves, say), the cache is disabled and the
+check runs the whole model, saying why.
 """
 
 from __future__ import annotations
 
 import hashlib
 from contextlib import contextmanager
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
 
 from editgate.architecture import block_list
+from editgate.metrics.scoring import Batch
 
 TOLERANCE = 1e-4  # largest accepted difference in log-probability between the two paths
 
@@ -36,33 +39,32 @@ class PrefixCache:
         self.states: dict[str, torch.Tensor] = {}
         self.verified: bool | None = None  # None until the first batch has been compared
         self.problem: str | None = None
-        self.offsets: dict[int, torch.Tensor] = {}  # by batch width
 
     @staticmethod
-    def key(ids: torch.Tensor) -> str:
-        return hashlib.sha1(ids.cpu().numpy().tobytes() + str(tuple(ids.shape)).encode()).hexdigest()
+    def key(host_ids: torch.Tensor) -> str:
+        return hashlib.sha1(host_ids.numpy().tobytes() + str(tuple(host_ids.shape)).encode()).hexdigest()
 
-    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, batch: Batch) -> torch.Tensor:
         """Logits of a batch: from the cached states when present, else a full pass that fills them."""
-        key = self.key(ids)
         if self.verified is False:
-            return self.model(input_ids=ids, attention_mask=mask).logits
+            return self.model(input_ids=batch.ids, attention_mask=batch.mask).logits
+        key = self.key(batch.host_ids)
         if key not in self.states:
-            logits, states = full_with_states(self.model, ids, mask, self.layer)
-            width = ids.shape[1]
-            if width not in self.offsets:  # measured at block 0, which may sit on another device than `layer`
-                self.offsets[width] = input_offset(self.model, width, states).to(states.device)
-            self.states[key] = states - self.offsets[width]
+            logits, self.states[key] = full_with_states(self.model, batch.ids, batch.mask, self.layer)
             if self.verified is None:
-                self._verify(ids, mask, logits, key)
+                self._verify(batch, logits, key)
             return logits
-        with upper_blocks(self.model, self.layer):
-            return self.model(inputs_embeds=self.states[key], attention_mask=mask).logits
+        return self._from_states(batch, self.states[key])
 
-    def _verify(self, ids: torch.Tensor, mask: torch.Tensor, logits: torch.Tensor, key: str) -> None:
-        with upper_blocks(self.model, self.layer):
-            skipped = self.model(inputs_embeds=self.states[key], attention_mask=mask).logits
-        real = mask.bool()
+    def _from_states(self, batch: Batch, states: torch.Tensor) -> torch.Tensor:
+        zeros = torch.zeros(*batch.ids.shape, states.shape[-1], dtype=states.dtype, device=batch.ids.device)
+        first = block_list(self.model)[1][self.layer]
+        with upper_blocks(self.model, self.layer), block_input(first, states):
+            return self.model(inputs_embeds=zeros, attention_mask=batch.mask).logits
+
+    def _verify(self, batch: Batch, logits: torch.Tensor, key: str) -> None:
+        skipped = self._from_states(batch, self.states[key])
+        real = batch.mask.bool()
         difference = (logits.float().log_softmax(-1) - skipped.float().log_softmax(-1))[real].abs().max()
         self.verified = bool(difference <= TOLERANCE)
         if not self.verified:
@@ -75,7 +77,11 @@ def full_with_states(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor,
                      layer: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The full forward pass's logits and the hidden states entering block `layer`."""
     captured: list[torch.Tensor] = []
-    handle = block_list(model)[1][layer].register_forward_pre_hook(_capture_into(captured), with_kwargs=True)
+
+    def capture(_module, args, kwargs):
+        captured.append(args[0] if args else kwargs["hidden_states"])
+
+    handle = block_list(model)[1][layer].register_forward_pre_hook(capture, with_kwargs=True)
     try:
         logits = model(input_ids=ids, attention_mask=mask).logits
     finally:
@@ -83,22 +89,19 @@ def full_with_states(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor,
     return logits, captured[0].detach().clone()
 
 
-def input_offset(model: nn.Module, width: int, like: torch.Tensor) -> torch.Tensor:
-    """What the model adds to `inputs_embeds` before its first block (position embeddings, if any)."""
-    captured: list[torch.Tensor] = []
-    handle = block_list(model)[1][0].register_forward_pre_hook(_capture_into(captured), with_kwargs=True)
+@contextmanager
+def block_input(block: nn.Module, states: torch.Tensor) -> Iterator[None]:
+    """`block` called with `states` as its hidden-state input, whatever the model passes it."""
+    def replace(_module, args, kwargs):
+        if args:
+            return (states, *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": states}
+
+    handle = block.register_forward_pre_hook(replace, with_kwargs=True)
     try:
-        zeros = torch.zeros(1, width, like.shape[-1], dtype=like.dtype, device=like.device)
-        model(inputs_embeds=zeros, attention_mask=torch.ones(1, width, dtype=torch.long, device=like.device))
+        yield
     finally:
         handle.remove()
-    return captured[0]
-
-
-def _capture_into(store: list[torch.Tensor]) -> Callable:
-    def hook(_module, args, kwargs):
-        store.append(args[0] if args else kwargs["hidden_states"])
-    return hook
 
 
 @contextmanager

@@ -14,8 +14,18 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-# computes the logits of a padded batch (ids, mask); the default is the model's own forward pass
-Forward = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+@dataclass
+class Batch:
+    """A right-padded batch: ids and attention mask on the model's device, and the ids as built on the
+    host (a cache can key on them without reading the device back)."""
+
+    ids: torch.Tensor
+    mask: torch.Tensor
+    host_ids: torch.Tensor
+
+
+# computes the logits of a padded batch; the default is the model's own forward pass
+Forward = Callable[[Batch], torch.Tensor]
 
 
 @dataclass
@@ -68,13 +78,13 @@ def score_sequences(model: torch.nn.Module, sequences: list[list[int]], score_fr
                     batch_tokens: int = 2048, pad_id: int = 0, forward: Forward | None = None) -> list[Scored]:
     """Score tokens `score_from[i]`.. of each sequence (score_from >= 1: the first token has no prefix)."""
     device = next(model.parameters()).device
-    forward = forward or (lambda ids, mask: model(input_ids=ids, attention_mask=mask).logits)
+    forward = forward or (lambda batch: model(input_ids=batch.ids, attention_mask=batch.mask).logits)
     results: list[Scored | None] = [None] * len(sequences)
     for batch in batches_by_length([len(s) for s in sequences], batch_tokens):
         ids, mask = pad_right([sequences[i] for i in batch], pad_id)
         with torch.inference_mode():
             on_device = ids.to(device)
-            logits = forward(on_device, mask.to(device))
+            logits = forward(Batch(on_device, mask.to(device), ids))
             spans = [(score_from[i] - 1, len(sequences[i]) - 1) for i in batch]
             logprobs, argmax = _score_spans(logits, on_device, spans)
         for row, (i, (start, end)) in enumerate(zip(batch, spans)):
