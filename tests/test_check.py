@@ -79,8 +79,8 @@ def test_lowest_written_layer_is_zero_outside_the_blocks(load_tiny):
 
 
 def test_a_model_the_cache_cannot_reproduce_turns_it_off(load_tiny):
-    """A model that treats `inputs_embeds` differently from `input_ids` (here: positions shifted when
-    it is given embeddings: spread twice as far apart) fails the verification on the first batch: the cache turns itself off and
+    """A model that treats `inputs_embeds` differently from `input_ids` (here: positions spread twice
+    as far apart when it is given embeddings) fails the verification on the first batch: the cache turns itself off and
     says why, and the answer comes from the full model."""
     loaded = load_tiny("llama")
     model = loaded.model

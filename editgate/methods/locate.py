@@ -66,18 +66,13 @@ def sample_prefixes(model, tokenizer, count: int, length: int, seed: int) -> lis
             tokens, step, past = [ids], ids, None
             for position in range(length):
                 output = model(input_ids=step, use_cache=True, **{keyword: past})
-                past = getattr(output, keyword)
+                past = getattr(output, keyword)  # the output's field has the keyword's name
                 top = torch.topk(output.logits[0, -1].float(), TOP_K)
                 below = (F.softmax(top.values, -1).cumsum(-1) < draws[position]).sum().clamp(max=TOP_K - 1)
                 step = top.indices.gather(0, below.view(1)).view(1, 1)  # gather: no read-back of the index
                 tokens.append(step)
             out.append(tokenizer.decode(torch.cat(tokens, dim=1)[0].tolist(), skip_special_tokens=True).strip())
     return out
-
-
-def cache_keyword(model) -> str:
-    """The key-value cache's name in this transformers' forward: `cache` (5.2x on), `past_key_values` before."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def second_moments(method, layers: list[int], samples: int, max_tokens: int) -> dict[int, torch.Tensor]:

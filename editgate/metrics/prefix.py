@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import Iterator
 
 import torch
 from torch import nn
