@@ -195,11 +195,12 @@ def trained_tiny_dir(tmp_path_factory, tokenizer) -> Path:
 
 @pytest.fixture
 def load_tiny(tiny_model_dir, tmp_path):
-    """Factory: load_tiny(arch, layers=4, seed=0) -> editgate LoadedModel (CPU, float32), freshly loaded."""
+    """Factory: load_tiny(arch, layers=4, seed=0, dtype="float32") -> editgate LoadedModel on the CPU,
+    freshly loaded."""
     from editgate.models import load_model
 
-    def load(arch: str, layers: int = 4, seed: int = 0):
-        return load_model(str(tiny_model_dir(arch, layers, seed)), device="cpu", dtype="float32",
+    def load(arch: str, layers: int = 4, seed: int = 0, dtype: str = "float32"):
+        return load_model(str(tiny_model_dir(arch, layers, seed)), device="cpu", dtype=dtype,
                           cache_dir=tmp_path / "cache", log=lambda _m: None)
 
     return load
