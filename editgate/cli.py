@@ -322,7 +322,7 @@ def _save_artifacts(gate, options: RunOptions, log: Callable[[str], None]) -> di
     if options.out is None:
         return {}
     artifacts: dict[str, Any] = {}
-    for name, method in gate.methods.items():
+    for name, method in gate.session.methods.items():
         edits = [r.edit for r in gate.records if r.method == name]
         artifacts.update(method.save_artifacts(Path(options.out), gate.check_texts, edits, log))
     return artifacts
@@ -336,11 +336,10 @@ def _save_outputs(gate, config, verdict: str, options: RunOptions, log: Callable
     artifacts: dict[str, Any] = {}
     if options.save_model is None and options.save_delta is None:
         return artifacts
-    loaded = gate.loaded
-    applied = list(gate.applied)
-    if any(getattr(item, "model", None) is not None for item in applied):
+    loaded, session = gate.loaded, gate.session
+    if session.wraps_model():
         raise RunError("an edit wrapped the model instead of changing its weights; nothing can be saved")
-    edit_ids = [edit_id for item in applied for edit_id in item.edit_ids]
+    applied, edit_ids = list(session.applied), session.edit_ids()
     if options.save_delta is not None:
         metadata = export.save_delta(options.save_delta, loaded.model, applied, fingerprint=loaded.fingerprint,
                                      model_spec=config.model, dtype=loaded.dtype, edit_ids=edit_ids)
@@ -362,16 +361,9 @@ def _partial(gate, context: dict[str, Any] | None = None) -> dict[str, Any] | No
     partial = {k: context[k] for k in ("repository", "base_ref") if context.get(k) is not None}
     if gate is None:
         return partial or None
-    from editgate.reports.document import _clean, _edit_record, _number
+    from editgate.reports import partial_document
 
-    new = context.get("new")
-    base = gate.baseline
-    return {**partial,
-            "edits": [_edit_record(r, None if new is None else new.get(r.edit.id)) for r in gate.records],
-            "policy": {"source": gate.policy.source, **_clean(dataclasses.asdict(gate.policy))},
-            "baseline": None if base is None else {"perplexity": _number(base.token_perplexity), "tokens": base.tokens,
-                                                   "texts": len(base.text_tokens)},
-            "timings": gate.timings}
+    return {**partial, **partial_document(gate, context.get("new"))}
 
 
 def _with_overrides(config, overrides: dict[str, Any]):

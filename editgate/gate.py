@@ -26,17 +26,16 @@ from editgate.baseline import BaselineCache
 from editgate.config import Config
 from editgate.corpora import sample_texts
 from editgate.manifests import Edit
-from editgate.methods import AppliedEdit, get_method
-from editgate.methods.base import EditMethod, MethodContext
+from editgate.methods import AppliedEdit
 from editgate.metrics.check import CheckResult, PerplexityCheck
 from editgate.metrics.edit_metrics import DEFINITION, EditScorer, EditScores, mean_of
 from editgate.metrics.perplexity import PerplexityResult, PerplexitySample, perplexity
 from editgate.metrics.scoring import MAX_PADDING
 from editgate.models import LoadedModel
 from editgate.policy import Policy
+from editgate.session import EditSession
 
 PASS, WARN, FAIL, COLLAPSE = "pass", "warn", "fail", "collapse"
-STATS_CORPUS = "builtin:wiki"
 SCORE_KEYS = ("efficacy", "generalization", "locality", "efficacy_cf", "generalization_cf")
 
 
@@ -105,19 +104,15 @@ class Gate:
     def __init__(self, config: Config, policy: Policy, edits: list[Edit], loaded: LoadedModel,
                  log: Callable[[str], None] = print, use_cache: bool = True):
         self.config, self.policy, self.edits, self.loaded, self.log = config, policy, edits, loaded, log
-        self.context = MethodContext(
-            cache_dir=Path(config.cache_path()), model_fingerprint=loaded.fingerprint,
-            stats_texts=lambda n: sample_texts(STATS_CORPUS, "stats", n, config.seed),
-            stats_corpus_name=STATS_CORPUS, seed=config.seed, log=log)
+        # every edit, undo and "the model to evaluate now" goes through the session
+        self.session = EditSession(loaded, cache_dir=config.cache_path(), method=config.method,
+                                   hparams=config.hparams, seed=config.seed, log=log)
         self.cache = BaselineCache(Path(config.cache_path()), loaded.fingerprint, enabled=use_cache, log=log)
-        self.methods: dict[str, EditMethod] = {}
         self.timings: dict[str, float] = {"model_load": loaded.load_seconds}
-        self.model = loaded.model  # what checks evaluate; a memory method replaces it by its wrapper
         # kept on the gate (not only returned) so a crash part-way still leaves a partial report
-        self.records = [EditRecord(e, e.method or config.method) for e in edits]
+        self.records = [EditRecord(e, self.session.method_of(e)) for e in edits]
         self.baseline: PerplexityResult | None = None
         self.checker: PerplexityCheck | None = None
-        self.applied: list[AppliedEdit] = []  # one per applied unit, in order: undo, diff, export
         self.checkpoints: list[Checkpoint] = []
         self.suite = None
         self.baseline_benchmarks: dict = {}
@@ -125,24 +120,17 @@ class Gate:
 
     # -- pieces -------------------------------------------------------------------------------
 
-    def method(self, name: str) -> EditMethod:
-        """One instance per method per run, so its memo (templates, inverse covariances) is shared."""
-        if name not in self.methods:
-            self.methods[name] = get_method(name)(self.loaded.model, self.loaded.tokenizer, self.context)
-        return self.methods[name]
-
-    def hparams(self, edit: Edit) -> Any:
-        """Method defaults scaled to the model, then editgate.yaml's, then the manifest's and edit's."""
-        method = self.method(edit.method or self.config.method)
-        overrides = {**self.config.hparams.get(method.name, {}), **edit.hparams}
-        return method.default_hparams().updated(overrides)
+    @property
+    def model(self) -> torch.nn.Module:
+        """What checks and benchmarks evaluate: the edited model, or the base wrapped by a memory."""
+        return self.session.model
 
     def units(self) -> list[list[int]]:
         """Edit indices grouped into what a method applies at once: consecutive edits of one manifest
         with the same method and hyperparameters, up to the method's `batch_size` (ROME: 1)."""
         groups: list[list[int]] = []
         for i, edit in enumerate(self.edits):
-            size = getattr(self.hparams(edit), "batch_size", 1)
+            size = getattr(self.session.hparams(edit), "batch_size", 1)
             if groups and len(groups[-1]) < size and self._same_unit(self.edits[groups[-1][0]], edit):
                 groups[-1].append(i)
             else:
@@ -150,8 +138,8 @@ class Gate:
         return groups
 
     def _same_unit(self, a: Edit, b: Edit) -> bool:
-        method = self.config.method
-        return (a.source, a.method or method, a.hparams) == (b.source, b.method or method, b.hparams)
+        method = self.session.method_of
+        return (a.source, method(a), a.hparams) == (b.source, method(b), b.hparams)
 
     def check_sample(self) -> PerplexitySample:
         pp = self.policy.perplexity
@@ -220,17 +208,17 @@ class Gate:
 
     def run(self, confirm: bool = False) -> GateResult:
         start = time.perf_counter()
-        sample, scorer = self.prepare()
-        stopped = self.sequence(self.units(), sample, scorer)
+        _, scorer = self.prepare()
+        stopped = self.sequence(self.units(), scorer)
         if not stopped:
             self.checkpoint(scorer, final=True)
         self.timings["total_gate"] = time.perf_counter() - start
         result = self.verdict(stopped)
         if confirm and result.culprit is not None:
-            result.confirmation = self.confirm(result.culprit, sample)
+            result.confirmation = self.confirm(result.culprit)
         return result
 
-    def sequence(self, units: list[list[int]], sample: PerplexitySample, scorer: EditScorer) -> bool:
+    def sequence(self, units: list[list[int]], scorer: EditScorer) -> bool:
         """Apply `units` in order with checks; returns True when a collapse stopped the run."""
         window: list[list[int]] = []  # units applied since the last check
         for unit in units:
@@ -240,9 +228,9 @@ class Gate:
                 for i in unit:
                     self.records[i].status = "unchecked"
                 continue
-            status = self.check(unit, sample)
+            status = self.check(unit)
             if status in (FAIL, COLLAPSE) and len(window) > 1:
-                status = self.bisect(window, sample)
+                status = self.bisect(window)
             window = []
             if status == COLLAPSE:
                 self.log("collapse: stopping the run")
@@ -254,13 +242,9 @@ class Gate:
     def apply(self, unit: list[int]) -> AppliedEdit:
         """Apply one unit of edits (same method and hyperparameters) and record what it did."""
         records = [self.records[i] for i in unit]
-        method = self.method(records[0].method)
         start = time.perf_counter()
-        applied = method.apply([r.edit for r in records], self.hparams(records[0].edit))
+        applied = self.session.apply([r.edit for r in records])
         seconds = time.perf_counter() - start
-        self.applied.append(applied)
-        if getattr(applied, "model", None) is not None:
-            self.model = applied.model
         for record in records:
             record.edit_seconds = seconds / len(records)
             record.method_info = applied.info
@@ -280,7 +264,7 @@ class Gate:
             reasons.append(f"key denominator k*ᵀC⁻¹k*/d is {denominator:.4f} (< {ep.min_key_denominator})")
         return reasons
 
-    def check(self, unit: list[int], sample: PerplexitySample) -> str:
+    def check(self, unit: list[int]) -> str:
         """Perplexity after `unit`, recorded on its last edit; returns the status."""
         record = self.records[unit[-1]]
         result = record.check = self.measure_check()
@@ -299,22 +283,21 @@ class Gate:
 
     def measure_check(self) -> CheckResult:
         """The check on the model as it is now (see metrics/check.py for what makes it cheap)."""
-        written = [name for applied in self.applied for name in applied.originals]
-        return self.checker.run(self.model, self.loaded.model, written)
+        session = self.session
+        return self.checker.run(session.model, session.base_model, session.written_parameters())
 
-    def bisect(self, window: list[list[int]], sample: PerplexitySample) -> str:
+    def bisect(self, window: list[list[int]]) -> str:
         """Find the first unit of a failing window: undo the window's units exactly (only the weights
         they wrote), then replay them one by one with a check after each. Returns the final status."""
         self.log(f"bisecting {len(window)} units between checks to find the culprit")
-        for _ in window:
-            self.applied.pop().undo(self.loaded.model)
+        self.session.undo_to(self.session.depth - len(window))
         culprit_found = False
         status = PASS
         for position, unit in enumerate(window):
             self.apply(unit)
             if culprit_found and position < len(window) - 1:
                 continue  # the culprit is known: replay the rest and check once, at the window's end
-            status = self.check(unit, sample)
+            status = self.check(unit)
             if status in (FAIL, COLLAPSE) and not culprit_found:
                 culprit_found = True
                 for i in unit:
@@ -344,23 +327,17 @@ class Gate:
                  + ", ".join(f"{k} {v:.2f}" for k, v in point.edit_metrics.items() if v is not None))
         return point
 
-    def confirm(self, culprit: EditRecord, sample: PerplexitySample) -> dict[str, Any]:
+    def confirm(self, culprit: EditRecord) -> dict[str, Any]:
         """Re-run the sequence without the culprit (after undoing everything exactly): does the rest pass?"""
         self.log(f"confirming: re-running without {culprit.edit.id}")
-        while self.applied:
-            self.applied.pop().undo(self.loaded.model)
-        self.model = self.loaded.model
+        self.session.undo_to(0)
         skip = self.records.index(culprit)
         worst, status = 1.0, PASS
         for unit in self.units():
             unit = [i for i in unit if i != skip]
             if not unit:
                 continue
-            applied = self.method(self.records[unit[0]].method).apply(
-                [self.records[i].edit for i in unit], self.hparams(self.records[unit[0]].edit))
-            self.applied.append(applied)
-            if getattr(applied, "model", None) is not None:
-                self.model = applied.model
+            self.session.apply([self.records[i].edit for i in unit])
             ratio = self.measure_check().ratio
             worst = max(worst, ratio) if math.isfinite(ratio) else math.inf
             status = classify(worst, self.policy)

@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Callable
 
 from editgate.atomicfile import umask, write_atomic
-from editgate.reports.document import SCHEMA_VERSION, build_document, error_document
+from editgate.reports.document import SCHEMA_VERSION, build_document, error_document, partial_document
 from editgate.reports.junit import render_junit
 from editgate.reports.markdown import render_markdown
 
-__all__ = ["SCHEMA_VERSION", "build_document", "error_document", "render_markdown", "render_junit",
+__all__ = ["SCHEMA_VERSION", "build_document", "error_document", "partial_document", "render_markdown", "render_junit",
            "write_reports", "write_atomic", "schema_path"]
 
 

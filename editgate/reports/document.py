@@ -83,9 +83,7 @@ def build_document(result, policy, exit_code: int, *, new: dict[str, bool] | Non
             "status": culprit.status, "ratio": _number(culprit.ratio)},
         "stopped_early": result.stopped_early,
         "policy": {"source": policy.source, **_clean(dataclasses.asdict(policy))},
-        "baseline": {"perplexity": _number(result.baseline.token_perplexity),
-                     "mean_text_perplexity": _number(result.baseline.mean_text_perplexity),
-                     "tokens": result.baseline.tokens, "texts": len(result.baseline.text_tokens)},
+        "baseline": _baseline(result.baseline),
         "edits": [_edit_record(r, None if new is None else new.get(r.edit.id)) for r in result.records],
         "edit_metrics": _clean(result.scores_summary),
         "warnings": list(result.warnings),
@@ -102,6 +100,22 @@ def build_document(result, policy, exit_code: int, *, new: dict[str, bool] | Non
     }
     document["checks"] = checks_of(document)
     return document
+
+
+def _baseline(baseline) -> dict[str, Any] | None:
+    if baseline is None:
+        return None
+    return {"perplexity": _number(baseline.token_perplexity),
+            "mean_text_perplexity": _number(baseline.mean_text_perplexity),
+            "tokens": baseline.tokens, "texts": len(baseline.text_tokens)}
+
+
+def partial_document(gate, new: dict[str, bool] | None = None) -> dict[str, Any]:
+    """What a gate had measured before the run failed or was interrupted, in a complete run's shapes
+    (for `error_document`'s `partial`)."""
+    return {"edits": [_edit_record(r, None if new is None else new.get(r.edit.id)) for r in gate.records],
+            "policy": {"source": gate.policy.source, **_clean(dataclasses.asdict(gate.policy))},
+            "baseline": _baseline(gate.baseline), "timings": gate.timings}
 
 
 def error_document(verdict: str, exit_code: int, message: str, problems: list | None = None,
