@@ -17,10 +17,10 @@ CACHE = Path(os.environ.get("EDITGATE_CACHE", Path.home() / ".cache" / "editgate
 
 
 def load_embedded(threads: int | None = None):
-    from editgate.cli import _quiet_libraries
+    from editgate.run import quiet_libraries
     from editgate.models import load_model, set_threads
 
-    _quiet_libraries()
+    quiet_libraries()
     set_threads(threads)
     return load_model("builtin:smollm2-135m", cache_dir=CACHE, log=lambda _m: None)
 

@@ -46,28 +46,25 @@ def stats_speed(loaded, layers: list[int], samples: int, max_tokens: int) -> dic
 
 def edit_speed(loaded, method: str, n_edits: int) -> dict:
     """Each edit applied to the unedited model, timed, scored, undone."""
-    from editgate.corpora import sample_texts
-    from editgate.methods import get_method
-    from editgate.methods.base import MethodContext
+    from editgate import EditSession
     from editgate.metrics.edit_metrics import EditScorer
 
     model, tok = loaded.model, loaded.tokenizer
     edits = counterfact_edits(n_edits, method)
-    context = MethodContext(CACHE, loaded.fingerprint, lambda n: sample_texts("builtin:wiki", "stats", n, 0),
-                            "builtin:wiki", log=lambda m: print(f"  [{method}] {m}", file=sys.stderr))
-    editor = get_method(method)(model, tok, context)
-    hparams = editor.default_hparams()
+    session = EditSession(loaded, cache_dir=CACHE, method=method,
+                          log=lambda m: print(f"  [{method}] {m}", file=sys.stderr))
     start = time.perf_counter()
-    editor.apply(edits[:1], hparams).undo(model)  # statistics from the disk cache, prefixes, inverses
+    session.apply(edits[:1])  # statistics from the disk cache, prefixes, inverses
+    session.undo_to(0)
     setup = time.perf_counter() - start
     seconds, steps, took, efficacy = [], [], [], []
     for i, edit in enumerate(edits, 1):
         scorer = EditScorer(model, tok, [edit])
         start = time.perf_counter()
-        applied = editor.apply([edit], hparams)
+        applied = session.apply([edit])
         seconds.append(time.perf_counter() - start)
-        scores = scorer.score(model)[0]
-        applied.undo(model)
+        scores = scorer.score(session.model)[0]
+        session.undo_to(0)
         steps.append(_steps(applied.info))
         took.append(bool(scores.efficacy_cf))
         efficacy.append(scores.efficacy)
@@ -76,7 +73,7 @@ def edit_speed(loaded, method: str, n_edits: int) -> dict:
     return {"method": method, "edits": len(edits), "setup_seconds": setup, "seconds": seconds,
             "mean_seconds": statistics.mean(seconds), "median_seconds": statistics.median(seconds),
             "mean_steps": statistics.mean(steps), "took": sum(took) / len(took),
-            "efficacy": statistics.mean(efficacy), "hparams": hparams.__dict__}
+            "efficacy": statistics.mean(efficacy), "hparams": session.hparams(edits[0]).__dict__}
 
 
 def _steps(info: dict) -> float:

@@ -29,9 +29,8 @@ CHECK_AFTER = (10,)
 
 def run_one(method: str, n_edits: int) -> dict:
     """Apply the edits with one method in this process and measure it."""
+    from editgate import EditSession
     from editgate.corpora import sample_texts
-    from editgate.methods import get_method
-    from editgate.methods.base import MethodContext
     from editgate.metrics.edit_metrics import EditScorer, mean_of
     from editgate.metrics.perplexity import PerplexitySample, perplexity
 
@@ -41,41 +40,40 @@ def run_one(method: str, n_edits: int) -> dict:
     sample = PerplexitySample.from_texts(tok, sample_texts("builtin:wiki", "perplexity", 50, 0), 128)
     base = perplexity(model, sample).token_perplexity
     scorer = EditScorer(model, tok, edits)
-    context = MethodContext(CACHE, loaded.fingerprint, lambda n: sample_texts("builtin:wiki", "stats", n, 0),
-                            "builtin:wiki", log=lambda m: print(f"  [{method}] {m}", file=sys.stderr))
-    editor = get_method(method)(model, tok, context)
-    hparams = editor.default_hparams()
+    session = EditSession(loaded, cache_dir=CACHE, method=method,
+                          log=lambda m: print(f"  [{method}] {m}", file=sys.stderr))
+    hparams = session.hparams(edits[0])
     # warm-up: statistics, context prefixes and projections are one-off costs (cached on disk after
     # the first run); apply one edit and undo it exactly, so the timed sequence starts from the base
     start = time.perf_counter()
-    editor.apply(edits[:1], hparams).undo(model)
+    session.apply(edits[:1])
+    session.undo_to(0)
     warmup = time.perf_counter() - start
-    result = _sequence(method, editor, hparams, edits, model, sample, base, scorer, mean_of, perplexity)
+    result = _sequence(method, session, edits, sample, base, scorer, mean_of, perplexity)
     result["warmup_seconds"] = warmup
-    if method == "memory":
-        from editgate.methods.memory import routing_figures
-
-        result["routing"] = routing_figures(editor.memory, sample_texts("builtin:wiki", "perplexity", 50, 0), edits)
+    result["hparams"] = hparams.__dict__
+    routing = session.method(method).figures(sample_texts("builtin:wiki", "perplexity", 50, 0), edits)
+    if routing:  # the memory method's scope classifier
+        result["routing"] = routing
     return result
 
 
-def _sequence(method, editor, hparams, edits, model, sample, base, scorer, mean_of, perplexity) -> dict:
-    ratios, seconds, checked = {}, [], model
+def _sequence(method, session, edits, sample, base, scorer, mean_of, perplexity) -> dict:
+    ratios, seconds = {}, []
     for i, edit in enumerate(edits, 1):
         start = time.perf_counter()
-        applied = editor.apply([edit], hparams)
+        session.apply([edit])
         seconds.append(time.perf_counter() - start)
-        checked = applied.model or model  # memory wraps the base model; parametric methods write to it
         if i in CHECK_AFTER or i == len(edits):
-            ratios[i] = perplexity(checked, sample).token_perplexity / base
+            ratios[i] = perplexity(session.model, sample).token_perplexity / base
             print(f"  [{method}] {i} edits: perplexity x{ratios[i]:.3f}, {sum(seconds) / i:.1f} s/edit",
                   file=sys.stderr)
-    scores = scorer.score(checked)
+    scores = scorer.score(session.model)
     summary = {k: mean_of([getattr(s, k) for s in scores])
                for k in ("efficacy", "generalization", "locality", "efficacy_cf", "generalization_cf")}
     return {"method": method, "edits": len(edits), "base_perplexity": base, "ratio_after": ratios,
             "seconds_per_edit": sum(seconds) / len(seconds), "seconds": seconds, **summary,
-            "peak_rss_mib": peak_rss_mib(), "hparams": hparams.__dict__}
+            "peak_rss_mib": peak_rss_mib()}
 
 
 def main() -> None:

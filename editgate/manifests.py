@@ -15,7 +15,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from editgate.errors import InputError, Problem
 from editgate.safetext import has_control, printable
@@ -414,7 +414,3 @@ class _File:
                       key: str = "target") -> None:
         if target is not None and ground_truth is not None and target.strip() == ground_truth.strip():
             self.problem(line_of(item, key), f"{label}: {key!r} equals 'ground_truth'; the edit would change nothing")
-
-
-def edits_by_id(edits: Iterable[Edit]) -> dict[str, Edit]:
-    return {edit.id: edit for edit in edits}

@@ -104,6 +104,11 @@ class EditMethod:
     def apply(self, edits: list[Edit], hparams: Any) -> AppliedEdit:
         raise NotImplementedError
 
+    def figures(self, texts: list[str], edits: list[Edit]) -> dict[str, Any]:
+        """What the method measures of its stored edits on these texts beyond the weights' figures (the
+        memory method: how its scope classifier routes them); empty for a method that writes weights."""
+        return {}
+
     def save_artifacts(self, out_dir: Any, check_texts: list[str], edits: list[Edit], log: Any) -> dict[str, Any]:
         """What the method keeps outside the weights, saved beside the reports: {report key: value}."""
         return {}

@@ -929,9 +929,13 @@ class MemoryEditor(EditMethod):
         if self.memory is None:
             return {}
         path = self.save_memory(Path(out_dir) / "memory.json")
-        figures = routing_figures(self.memory, check_texts, edits)
+        figures = self.figures(check_texts, edits)
         log(f"memory: saved {path}; perplexity texts routed to an edit: {figures.get('false_positive_rate')}")
         return {"memory": str(path), "memory_routing": figures}
+
+    def figures(self, texts: list[str], edits: list[Edit]) -> dict[str, Any]:
+        """How the scope classifier routes `texts` (false positives) and the edits' prompts and paraphrases."""
+        return {} if self.memory is None else routing_figures(self.memory, texts, edits)
 
     def load_memory(self, path: Path | str) -> MemoryModel:
         """Replace the memory with a saved one (re-embedded here) and return the wrapped model."""
