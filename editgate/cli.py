@@ -22,7 +22,7 @@ from editgate.errors import InputError, RunError
 from editgate.interrupt import Interrupted, interruptible
 from editgate.safetext import printable_line, printable_lines
 
-from editgate.run import (EXIT_INTERRUPTED, EXIT_INVALID, EXIT_RUN_FAILED, RunOptions, interrupted_document,  # noqa: F401
+from editgate.run import (EXIT_INTERRUPTED, EXIT_INVALID, EXIT_RUN_FAILED, RunOptions, interrupted_document,
                           load_for_gate, quiet_libraries, run_gate, with_overrides)
 
 

@@ -88,4 +88,4 @@ class EditSession:
 
     def wraps_model(self) -> bool:
         """Whether some edits live outside the weights (a saved model or edit pack would lack them)."""
-        return any(applied.model is not None for applied in self.applied)
+        return self.model is not self.loaded.model

@@ -54,28 +54,24 @@ PHASES = {"apply": "edit", "measure_check": "check", "checkpoint": "benchmarks"}
 def statistics_counted(mode: simdevice.SimulatedDevices):
     """The key statistics pass (once per model and layer, then cached on disk) counted as its own phase:
     it synchronises per batch of corpus texts, inside transformers' attention-mask preparation."""
-    original = locate.cached_second_moments
-
-    def counted(*args, **kwargs):
-        with mode.counting(f"statistics-{sum(1 for key in mode.by_phase if key.startswith('statistics'))}"):
-            return original(*args, **kwargs)
-
-    with mock.patch.object(locate, "cached_second_moments", counted):
+    with mock.patch.object(locate, "cached_second_moments",
+                           _counted(mode, "statistics", locate.cached_second_moments)):
         yield
 
 
+def _counted(mode: simdevice.SimulatedDevices, phase: str, function):
+    """`function` with the host synchronisations of each call counted under a phase of its own (`edit-3`)."""
+    def counted(*args, **kwargs):
+        index = sum(1 for key in mode.by_phase if key.startswith(phase))
+        with mode.counting(f"{phase}-{index}"):
+            return function(*args, **kwargs)
+    return counted
+
+
 def _counted_phases(gate, mode: simdevice.SimulatedDevices):
-    """(name, wrapper) for the gate's edit, check and benchmark steps: host synchronisations of each call
-    are counted under its own phase (`edit-3`, `check-0`)."""
+    """(name, wrapper) for the gate's edit, check and benchmark steps, each call its own phase."""
     for name, phase in PHASES.items():
-        original = getattr(gate, name)
-
-        def counted(*args, _original=original, _phase=phase, **kwargs):
-            index = sum(1 for key in mode.by_phase if key.startswith(_phase))
-            with mode.counting(f"{_phase}-{index}"):
-                return _original(*args, **kwargs)
-
-        yield name, counted
+        yield name, _counted(mode, phase, getattr(gate, name))
 
 
 TEXTS = 24  # check texts: more than any per-check budget, so a sync per text cannot pass
@@ -252,10 +248,12 @@ def test_the_cli_on_two_simulated_gpus_matches_one(tiny_repo, method, simulated_
                      policy=CLI_POLICY, trained=True)
     set_method(repo, method)
     writes_weights = method != "memory"  # the memory method keeps its edits outside the weights
-    pack = ["--save-delta"] if writes_weights else []
-    one = run_cli_on("cuda", repo, tmp_path / "one", simulated_gpus, *pack, *[str(tmp_path / "one.pack")][:len(pack)])
+    def pack(name: str) -> list[str]:
+        return ["--save-delta", str(tmp_path / name)] if writes_weights else []
+
+    one = run_cli_on("cuda", repo, tmp_path / "one", simulated_gpus, *pack("one.pack"))
     check_budget(simulated_gpus, f"{method}, CLI, device: cuda")
-    two = run_cli_on("multi", repo, tmp_path / "two", simulated_gpus, *pack, *[str(tmp_path / "two.pack")][:len(pack)])
+    two = run_cli_on("multi", repo, tmp_path / "two", simulated_gpus, *pack("two.pack"))
     check_budget(simulated_gpus, f"{method}, CLI, device: multi")
 
     assert one["environment"]["devices"] == ["sim:0"] and one["environment"]["dtype"] == "bfloat16"

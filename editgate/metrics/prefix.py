@@ -36,6 +36,7 @@ class PrefixCache:
     def __init__(self, model: nn.Module, layer: int):
         self.model = model
         self.layer = layer
+        self.first_block = block_list(model)[1][layer]  # where the cached states go in
         self.states: dict[str, torch.Tensor] = {}
         self.verified: bool | None = None  # None until the first batch has been compared
         self.problem: str | None = None
@@ -58,8 +59,7 @@ class PrefixCache:
 
     def _from_states(self, batch: Batch, states: torch.Tensor) -> torch.Tensor:
         zeros = torch.zeros(*batch.ids.shape, states.shape[-1], dtype=states.dtype, device=batch.ids.device)
-        first = block_list(self.model)[1][self.layer]
-        with upper_blocks(self.model, self.layer), block_input(first, states):
+        with upper_blocks(self.model, self.layer), block_input(self.first_block, states):
             return self.model(inputs_embeds=zeros, attention_mask=batch.mask).logits
 
     def _verify(self, batch: Batch, logits: torch.Tensor, key: str) -> None:

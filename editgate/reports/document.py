@@ -82,9 +82,9 @@ def build_document(result, policy, exit_code: int, *, new: dict[str, bool] | Non
             "id": culprit.edit.id, "file": culprit.edit.source, "line": culprit.edit.line,
             "status": culprit.status, "ratio": _number(culprit.ratio)},
         "stopped_early": result.stopped_early,
-        "policy": {"source": policy.source, **_clean(dataclasses.asdict(policy))},
+        "policy": _policy(policy),
         "baseline": _baseline(result.baseline),
-        "edits": [_edit_record(r, None if new is None else new.get(r.edit.id)) for r in result.records],
+        "edits": _edits(result.records, new),
         "edit_metrics": _clean(result.scores_summary),
         "warnings": list(result.warnings),
         "benchmarks": {"baseline": _clean(result.baseline_benchmarks),
@@ -102,6 +102,14 @@ def build_document(result, policy, exit_code: int, *, new: dict[str, bool] | Non
     return document
 
 
+def _policy(policy) -> dict[str, Any]:
+    return {"source": policy.source, **_clean(dataclasses.asdict(policy))}
+
+
+def _edits(records, new: dict[str, bool] | None) -> list[dict[str, Any]]:
+    return [_edit_record(r, None if new is None else new.get(r.edit.id)) for r in records]
+
+
 def _baseline(baseline) -> dict[str, Any] | None:
     if baseline is None:
         return None
@@ -113,8 +121,7 @@ def _baseline(baseline) -> dict[str, Any] | None:
 def partial_document(gate, new: dict[str, bool] | None = None) -> dict[str, Any]:
     """What a gate had measured before the run failed or was interrupted, in a complete run's shapes
     (for `error_document`'s `partial`)."""
-    return {"edits": [_edit_record(r, None if new is None else new.get(r.edit.id)) for r in gate.records],
-            "policy": {"source": gate.policy.source, **_clean(dataclasses.asdict(gate.policy))},
+    return {"edits": _edits(gate.records, new), "policy": _policy(gate.policy),
             "baseline": _baseline(gate.baseline), "timings": gate.timings}
 
 
