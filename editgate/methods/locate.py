@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from editgate.architecture import MlpOut, block_list
+from editgate.hooks import Hooks
 from editgate.manifests import Edit
 from editgate.methods.statistics import cached_second_moments
 from editgate.metrics.scoring import pad_right
@@ -142,19 +143,13 @@ def subject_keys(model, tokenizer, targets: list[MlpOut], edits: list[Edit],
     Returns {layer: [n_edits, key_dim]} float32 on the CPU, from one forward pass for all layers.
     """
     sequences, positions = _subject_batch(tokenizer, edits, templates)
-    captured: dict[int, torch.Tensor] = {}
-    hooks = [t.module.register_forward_pre_hook(
-        lambda _m, inputs, layer=t.layer: captured.__setitem__(layer, inputs[0])) for t in targets]
-    try:
-        ids, mask = pad_batch(sequences, tokenizer.pad_token_id or 0, next(model.parameters()).device)
-        with torch.inference_mode():
-            model(input_ids=ids, attention_mask=mask)
-    finally:
-        for hook in hooks:
-            hook.remove()
+    ids, mask = pad_batch(sequences, tokenizer.pad_token_id or 0, next(model.parameters()).device)
+    with torch.inference_mode(), Hooks() as hooks:
+        captured = {t.layer: hooks.record_input(t.module) for t in targets}
+        model(input_ids=ids, attention_mask=mask)
     rows = torch.arange(len(sequences))
     index = torch.tensor(positions)
-    return {layer: keys[rows, index].float().cpu().view(len(edits), len(templates), -1).mean(dim=1)
+    return {layer: keys[0][rows, index].float().cpu().view(len(edits), len(templates), -1).mean(dim=1)
             for layer, keys in captured.items()}
 
 
@@ -162,18 +157,10 @@ def residual_at_subject(model, tokenizer, layer: int, edits: list[Edit], templat
     """The residual stream after block `layer` at each edit's subject, averaged over templates: [n, hidden]."""
     _, blocks = block_list(model)
     sequences, positions = _subject_batch(tokenizer, edits, templates)
-    captured = []
-
-    def hook(_module, _inputs, output):
-        captured.append(output[0] if isinstance(output, tuple) else output)
-
-    handle = blocks[layer].register_forward_hook(hook)
-    try:
-        ids, mask = pad_batch(sequences, tokenizer.pad_token_id or 0, next(model.parameters()).device)
-        with torch.inference_mode():
-            model(input_ids=ids, attention_mask=mask)
-    finally:
-        handle.remove()
+    ids, mask = pad_batch(sequences, tokenizer.pad_token_id or 0, next(model.parameters()).device)
+    with torch.inference_mode(), Hooks() as hooks:
+        captured = hooks.record_output(blocks[layer], stop=True)  # the blocks above are not needed
+        model(input_ids=ids, attention_mask=mask)
     states = captured[0][torch.arange(len(sequences)), torch.tensor(positions)].float().cpu()
     return states.view(len(edits), len(templates), -1).mean(dim=1)
 
@@ -277,10 +264,10 @@ def optimise_value(model, tokenizer, target: MlpOut, edit: Edit, templates: list
         output[:, 0] = output[:, 0] + delta.to(output.dtype)
         return output
 
-    handle = target.module.register_forward_hook(add_delta)
     optimiser = torch.optim.Adam([delta], lr=settings.lr)
     kl_reference, steps, nll_value = None, 0, math.inf
-    try:
+    with Hooks() as hooks:
+        hooks.after(target.module, add_delta)
         for steps in range(1, settings.steps + 1):  # noqa: B007 (the last step is reported)
             optimiser.zero_grad()
             logits = batch.logits(model)
@@ -299,6 +286,4 @@ def optimise_value(model, tokenizer, target: MlpOut, edit: Edit, templates: list
                 limit = settings.clamp_norm_factor * original[0].norm()
                 norm = delta.norm()
                 delta.mul_(torch.where(norm > limit, limit / norm, torch.ones_like(norm)))
-    finally:
-        handle.remove()
     return delta.detach().cpu(), {"v_steps": steps, "target_nll": nll_value}

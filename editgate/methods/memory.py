@@ -52,6 +52,7 @@ import torch.nn.functional as F
 from editgate import cachefile
 from editgate.atomicfile import write_atomic
 from editgate.errors import InputError, RunError
+from editgate.hooks import Hooks
 from editgate.limits import MAX_BATCH_EDITS, MAX_LAYER, MAX_TEXTS
 from editgate.manifests import Edit, LocalityCheck
 from editgate.methods.base import AppliedEdit, EditMethod, HParamsBase, bounded
@@ -241,10 +242,6 @@ class MiniLmEncoder(Encoder):
         return out
 
 
-class _StopForward(Exception):
-    """Raised by a forward hook once the routing layer's hidden states are in hand."""
-
-
 class BaseModelEncoder(Encoder):
     """The base model's mean-pooled, centred, L2-normalised hidden states at one layer."""
 
@@ -279,13 +276,10 @@ class BaseModelEncoder(Encoder):
         except RunError:
             return None
 
-    def capture(self, into: list[torch.Tensor]):
-        """A forward hook appending the routing layer's output to `into` (None when it cannot be hooked)."""
+    def record(self, hooks: Hooks) -> list[torch.Tensor] | None:
+        """The routing layer's outputs, recorded by `hooks` (None when the layer cannot be hooked)."""
         block = self._block()
-        if block is None:
-            return None
-        return block.register_forward_hook(
-            lambda _m, _a, output: into.append(output[0] if isinstance(output, (tuple, list)) else output))
+        return None if block is None else hooks.record_output(block)
 
     def raw_pool(self, hidden: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Mean over each row's real tokens, without special tokens and without its first real token."""
@@ -327,19 +321,9 @@ class BaseModelEncoder(Encoder):
         block = self._block()
         if block is None:
             return self.model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[self.layer]
-        captured: list[torch.Tensor] = []
-
-        def stop(_module, _args, output):
-            captured.append(output[0] if isinstance(output, (tuple, list)) else output)
-            raise _StopForward
-
-        handle = block.register_forward_hook(stop)
-        try:
+        with Hooks() as hooks:
+            captured = hooks.record_output(block, stop=True)
             self.model(input_ids=ids, attention_mask=mask, use_cache=False)
-        except _StopForward:
-            pass
-        finally:
-            handle.remove()
         return captured[0]
 
     def _encode(self, texts: list[str]) -> torch.Tensor:
@@ -749,15 +733,11 @@ class MemoryModel(torch.nn.Module):
         if not self.memory.entries:
             return self.base(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
-        captured: list[torch.Tensor] = []
         encoder = self.memory.encoder
         hooked = isinstance(encoder, BaseModelEncoder) and self._uses_hidden_states()
-        handle = encoder.capture(captured) if hooked else None
-        try:  # the base model called exactly as the caller called it: the hook only reads
+        with Hooks() as hooks:  # the base model called exactly as the caller called it: the hook only reads
+            captured = encoder.record(hooks) if hooked else None
             out = self.base(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-        finally:
-            if handle is not None:
-                handle.remove()
         routes = self.route_rows(input_ids, mask, captured[0] if captured else None)
         self.rows += len(routes)
         jobs = []  # (row, positions, counterfactual ids, skip)

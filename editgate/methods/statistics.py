@@ -16,11 +16,8 @@ import torch
 
 from editgate import cachefile
 from editgate.architecture import mlp_out
+from editgate.hooks import Hooks, StopForward
 from editgate.metrics.scoring import batches_by_length, pad_right
-
-
-class _StopForward(Exception):
-    """Raised from a hook once the highest layer of interest has run: the rest of the model is wasted work."""
 
 
 def stats_path(cache_dir: Path, fingerprint: str, corpus: str, samples: int, max_tokens: int, layer: int) -> Path:
@@ -47,27 +44,21 @@ def key_second_moments(model, tokenizer, layers: list[int], texts: list[str], ma
             outer = (flat * real).T @ flat
             sums[layer] = sums[layer] + outer.double() if layer in sums else outer.double()
             counts[layer] += current[1]
-            if layer == top:
-                raise _StopForward
+            if layer == top:  # the rest of the model is wasted work
+                raise StopForward
         return hook
 
     encoded = tokenizer(texts, truncation=True, max_length=max_tokens)["input_ids"]
-    handles = [p.module.register_forward_pre_hook(capture(layer)) for layer, p in projections.items()]
     device = next(model.parameters()).device
     start, done = time.perf_counter(), 0
-    try:
-        for batch in batches_by_length([len(e) for e in encoded], batch_tokens):
-            ids, mask = pad_right([encoded[i] for i in batch], tokenizer.pad_token_id or 0)
-            current[:] = [mask.to(device), int(mask.sum())]
-            with torch.inference_mode():
-                try:
-                    model(input_ids=ids.to(device), attention_mask=current[0])
-                except _StopForward:
-                    pass
-            done += current[1]
-    finally:
-        for handle in handles:
-            handle.remove()
+    for batch in batches_by_length([len(e) for e in encoded], batch_tokens):
+        ids, mask = pad_right([encoded[i] for i in batch], tokenizer.pad_token_id or 0)
+        current[:] = [mask.to(device), int(mask.sum())]
+        with torch.inference_mode(), Hooks() as hooks:
+            for layer, projection in projections.items():
+                hooks.before(projection.module, capture(layer))
+            model(input_ids=ids.to(device), attention_mask=current[0])
+        done += current[1]
     seconds = time.perf_counter() - start
     rate = done / max(seconds, 1e-9)
     log(f"key statistics for layers {sorted(layers)}: {done} tokens in {seconds:.1f}s ({rate:.0f} tok/s)")

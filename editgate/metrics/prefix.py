@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from editgate.architecture import block_list
+from editgate.hooks import Hooks
 from editgate.metrics.scoring import Batch
 
 TOLERANCE = 1e-4  # largest accepted difference in log-probability between the two paths
@@ -76,16 +77,9 @@ class PrefixCache:
 def full_with_states(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor,
                      layer: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The full forward pass's logits and the hidden states entering block `layer`."""
-    captured: list[torch.Tensor] = []
-
-    def capture(_module, args, kwargs):
-        captured.append(args[0] if args else kwargs["hidden_states"])
-
-    handle = block_list(model)[1][layer].register_forward_pre_hook(capture, with_kwargs=True)
-    try:
+    with Hooks() as hooks:
+        captured = hooks.record_input(block_list(model)[1][layer])
         logits = model(input_ids=ids, attention_mask=mask).logits
-    finally:
-        handle.remove()
     return logits, captured[0].detach().clone()
 
 
@@ -97,11 +91,9 @@ def block_input(block: nn.Module, states: torch.Tensor) -> Iterator[None]:
             return (states, *args[1:]), kwargs
         return args, {**kwargs, "hidden_states": states}
 
-    handle = block.register_forward_pre_hook(replace, with_kwargs=True)
-    try:
+    with Hooks() as hooks:
+        hooks.before(block, replace, with_kwargs=True)
         yield
-    finally:
-        handle.remove()
 
 
 @contextmanager
