@@ -98,15 +98,14 @@ def main() -> None:
         summarise(args, partial["rows"], partial.get("edit_seconds", []), machine(), args.method, {})
         return
 
+    from editgate import EditSession
     from editgate.corpora import load_texts, sample_texts
-    from editgate.methods import get_method
-    from editgate.methods.base import MethodContext
     from editgate.metrics.benchmarks import load_suite
     from editgate.metrics.perplexity import PerplexitySample
 
     env = machine()
     loaded = load_embedded()
-    model, tok = loaded.model, loaded.tokenizer
+    tok = loaded.tokenizer
     edits = counterfact_edits(args.edits, args.method)
     samples = {
         "ME-PPL_1k": PerplexitySample.from_texts(tok, load_texts(str(SHARED_DATA / "ME-PPL_1k.json"), "perplexity"),
@@ -115,19 +114,17 @@ def main() -> None:
                                                     WIKI_TOKENS),
     }
     suite = load_suite("builtin:small", tok)
-    context = MethodContext(CACHE, loaded.fingerprint, lambda n: sample_texts("builtin:wiki", "stats", n, 0),
-                            "builtin:wiki", log=log)
-    editor = get_method(args.method)(model, tok, context)
-    hparams = editor.default_hparams()
+    session = EditSession(loaded, cache_dir=CACHE, method=args.method, log=log)
+    hparams = session.hparams(edits[0])
 
-    rows, edit_seconds = [{"edits": 0, **measure(model, samples, suite)}], []
+    rows, edit_seconds = [{"edits": 0, **measure(session.model, samples, suite)}], []
     log(f"0 edits: {rows[-1]}")
     for i, edit in enumerate(edits, 1):
         start = time.perf_counter()
-        editor.apply([edit], hparams)
+        session.apply([edit])
         edit_seconds.append(time.perf_counter() - start)
         if i % args.every == 0 or i == len(edits):
-            rows.append({"edits": i, **measure(model, samples, suite)})
+            rows.append({"edits": i, **measure(session.model, samples, suite)})
             log(f"{i} edits ({sum(edit_seconds) / i:.1f} s/edit): "
                 + ", ".join(f"{k} {v:.3f}" for k, v in rows[-1].items() if k != "edits" and v is not None))
             save_json(f"{args.out}.partial.json", {"rows": rows, "edit_seconds": edit_seconds})  # survive a stop

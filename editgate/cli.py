@@ -20,10 +20,9 @@ import click
 import editgate
 from editgate.errors import InputError, RunError
 from editgate.interrupt import Interrupted, interruptible
-from editgate.safetext import printable_line, printable_lines
-
 from editgate.run import (EXIT_INTERRUPTED, EXIT_INVALID, EXIT_RUN_FAILED, RunOptions, interrupted_document,
-                          load_for_gate, quiet_libraries, run_gate, with_overrides)
+                          measure_baseline, quiet_libraries, run_gate)
+from editgate.safetext import printable_line, printable_lines
 
 
 def echo(message: str, err: bool = False) -> None:
@@ -192,27 +191,19 @@ def _echo_outcome(document: dict, paths: list[Path]) -> None:
 def baseline(repo: Path, policy: str | None, model: str | None, device: str | None, dtype: str | None,
              quiet: bool, cache_dir: Path | None, trust_remote_code: bool | None) -> None:
     """Measure and cache the unedited model's figures (perplexity, benchmarks, pre-edit answers)."""
-    from editgate.validate import load_inputs
-
     log = Progress(quiet)
     try:
-        config, policy_, edits = load_inputs(repo, policy)
-        config = with_overrides(config, {
+        root, hits = measure_baseline(repo, policy, {
             "model": _operator_model(model), "device": device, "dtype": dtype,
             "trust_remote_code": trust_remote_code or None,
-            "cache_dir": None if cache_dir is None else str(cache_dir.absolute())})
-        quiet_libraries()
-        from editgate.gate import Gate
-
-        gate = Gate(config, policy_, edits, load_for_gate(config, edits, log), log=log)
-        gate.prepare()
+            "cache_dir": None if cache_dir is None else str(cache_dir.absolute())}, log)
     except InputError as error:
         _fail_input(error)
     except (RunError, MemoryError, RuntimeError, OSError) as error:
         echo(f"the run failed: {type(error).__name__}: {error}", err=True)
         sys.exit(EXIT_RUN_FAILED)
-    cached = ", ".join(gate.cache.hits) or "nothing (all measured now)"
-    echo(f"baseline cached under {gate.cache.root} (already cached: {cached})")
+    cached = ", ".join(hits) or "nothing (all measured now)"
+    echo(f"baseline cached under {root} (already cached: {cached})")
 
 
 @main.command()

@@ -30,6 +30,7 @@ from typing import Any, Iterable
 import torch
 
 import editgate
+from editgate.atomicfile import atomic_path
 from editgate.errors import InputError, RunError
 
 PACK_FORMAT = "editgate-delta/1"
@@ -114,16 +115,8 @@ def save_delta(path: Path, model: torch.nn.Module, applied: Iterable[Any], *, fi
         "methods": [{"method": a.method, "edits": list(a.edit_ids)} for a in applied],
         "parameters": params,
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={"editgate": json.dumps(metadata, sort_keys=True)})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"editgate": json.dumps(metadata, sort_keys=True)})
     return metadata
 
 

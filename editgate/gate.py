@@ -284,7 +284,7 @@ class Gate:
     def measure_check(self) -> CheckResult:
         """The check on the model as it is now (see metrics/check.py for what makes it cheap)."""
         session = self.session
-        return self.checker.run(session.model, session.base_model, session.written_parameters())
+        return self.checker.run(session.model, [] if session.wraps_model() else session.written_parameters())
 
     def bisect(self, window: list[list[int]]) -> str:
         """Find the first unit of a failing window: undo the window's units exactly (only the weights

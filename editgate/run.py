@@ -74,6 +74,22 @@ def run_gate(repo: Path | str, policy_override: str | None = None, overrides: di
         return error_document("error", EXIT_RUN_FAILED, message, partial=_partial(gate, context)), EXIT_RUN_FAILED
 
 
+def measure_baseline(repo: Path | str, policy_override: str | None = None, overrides: dict[str, Any] | None = None,
+                     log: Callable[[str], None] = print) -> tuple[Path, list[str]]:
+    """Measure and cache the unedited model's figures a run of this repository needs (`editgate baseline`);
+    returns the cache directory and the kinds that were cached already. Raises InputError, RunError."""
+    from editgate.validate import load_inputs
+
+    config, policy, edits = load_inputs(Path(repo), policy_override)
+    config = with_overrides(config, overrides or {})
+    quiet_libraries()
+    from editgate.gate import Gate
+
+    gate = Gate(config, policy, edits, load_for_gate(config, edits, log), log=log)
+    gate.prepare()
+    return gate.cache.root, list(gate.cache.hits)
+
+
 def _interruption(error: BaseException) -> str:
     return str(error) if isinstance(error, Interrupted) else "interrupted by SIGINT"
 

@@ -28,13 +28,15 @@ class EditSession:
 
     def __init__(self, loaded: LoadedModel, *, cache_dir: Path | str, method: str = "rome",
                  hparams: dict[str, dict[str, Any]] | None = None, seed: int = 0,
-                 log: Callable[[str], None] = print):
-        """`method`: for edits that name none; `hparams`: {method: overrides}, as in editgate.yaml."""
+                 log: Callable[[str], None] = print, stats_texts: Callable[[int], list[str]] | None = None):
+        """`method`: for edits that name none; `hparams`: {method: overrides}, as in editgate.yaml;
+        `stats_texts(n)`: the corpus of key statistics (default: n texts of builtin:wiki's stats split),
+        read only when no statistics are cached."""
         self.loaded, self.default_method, self.log = loaded, method, log
         self.overrides = hparams or {}
         self.context = MethodContext(
             cache_dir=Path(cache_dir), model_fingerprint=loaded.fingerprint,
-            stats_texts=lambda n: sample_texts(STATS_CORPUS, "stats", n, seed),
+            stats_texts=stats_texts or (lambda n: sample_texts(STATS_CORPUS, "stats", n, seed)),
             stats_corpus_name=STATS_CORPUS, seed=seed, log=log)
         self.methods: dict[str, EditMethod] = {}
         self.applied: list[AppliedEdit] = []  # one per applied unit, in order

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
-import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
 
 import torch
 
 from editgate.manifests import Edit
+from editgate.methods.hparams import HParamsBase, bounded  # noqa: F401  (TEMP: memory imports them from here)
 
 
 @dataclass
@@ -46,38 +45,6 @@ class AppliedEdit:
             name: params[name].detach().float().cpu() - original.float().cpu()
             for name, original in self.originals.items()
         }
-
-
-def bounded(default: Any, low: float, high: float, *, layer: bool = False) -> Any:
-    """A hyperparameter field with the range validation enforces: manifests in pull requests set these,
-    so every count is bounded (10^9 steps would hold the runner for days) and every number finite.
-    `layer`: a layer index (or list of them), also checked against the model's depth once it is loaded."""
-    return field(default=default, metadata={"range": (low, high), "layer": layer})
-
-
-class HParamsBase:
-    """Mixin for method hyperparameter dataclasses: typed fields, `None` meaning "scale with the model"."""
-
-    @classmethod
-    def ranges(cls) -> dict[str, tuple[float, float]]:
-        return {f.name: f.metadata["range"] for f in dataclasses.fields(cls) if "range" in f.metadata}  # type: ignore[arg-type]
-
-    @classmethod
-    def layer_fields(cls) -> list[str]:
-        return [f.name for f in dataclasses.fields(cls) if f.metadata.get("layer")]  # type: ignore[arg-type]
-
-    @classmethod
-    def field_types(cls) -> dict[str, tuple[type, ...]]:
-        hints = typing.get_type_hints(cls)
-        out = {}
-        for f in dataclasses.fields(cls):  # type: ignore[arg-type]
-            hint = hints[f.name]
-            args = typing.get_args(hint) or (hint,)
-            out[f.name] = tuple(typing.get_origin(a) or a for a in args)
-        return out
-
-    def updated(self, overrides: dict[str, Any]):
-        return dataclasses.replace(self, **overrides)  # type: ignore[type-var]
 
 
 class EditMethod:

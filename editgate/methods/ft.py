@@ -9,27 +9,14 @@ the layer wholesale.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-
 import torch
 
 from editgate.architecture import mlp_out, num_layers
 from editgate.manifests import Edit
-from editgate.limits import MAX_BATCH_EDITS, MAX_LAYER, MAX_STEPS
-from editgate.methods.base import AppliedEdit, EditMethod, HParamsBase, bounded
+from editgate.methods.base import AppliedEdit, EditMethod
+from editgate.methods.hparams import FtHParams
 from editgate.methods.locate import logits_at, pad_batch
 from editgate.methods.rome import default_layer
-
-
-@dataclass
-class FtHParams(HParamsBase):
-    layers: list | None = bounded(None, 0, MAX_LAYER, layer=True)  # None: ROME's layer
-    # measured on SmolLM2-135M: 5e-4 (the ROME paper's GPT-2 XL setting) moved no fact
-    lr: float = bounded(5e-3, 0, 100)
-    steps: int = bounded(25, 0, MAX_STEPS)
-    norm_constraint: float = bounded(5e-3, 0, 1e6)  # |W - W0| <= this, element-wise
-    early_stop_nll: float = bounded(0.05, 0, 1e3)
-    batch_size: int = bounded(1, 1, MAX_BATCH_EDITS)
 
 
 class FineTune(EditMethod):

@@ -19,22 +19,11 @@ import torch.nn.functional as F
 from editgate.architecture import MlpOut, block_list
 from editgate.hooks import Hooks
 from editgate.manifests import Edit
+from editgate.methods.hparams import ValueSettings
 from editgate.methods.statistics import cached_second_moments
 from editgate.metrics.scoring import pad_right
 
 CONTEXT_SEEDS = ("The", "Therefore", "Because", "I", "You")
-
-
-@dataclass(frozen=True)
-class ValueSettings:
-    """How the value offset is optimised (ROME's compute_v / MEMIT's compute_z)."""
-
-    steps: int
-    lr: float
-    weight_decay: float
-    clamp_norm_factor: float
-    kl_factor: float
-    early_stop_nll: float
 
 
 def context_templates(method, count: int, length: int) -> list[str]:

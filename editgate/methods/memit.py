@@ -23,15 +23,13 @@ earlier edits in the sequence so later edits leave them alone:
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-
 import torch
 
 from editgate.architecture import mlp_out, num_layers
 from editgate.manifests import Edit
-from editgate.limits import MAX_BATCH_EDITS, MAX_LAYER, MAX_STEPS, MAX_TEXTS, MAX_TOKENS
-from editgate.methods.base import AppliedEdit, EditMethod, HParamsBase, bounded
-from editgate.methods.locate import (ValueSettings, context_templates, optimise_value, residual_at_subject,
+from editgate.methods.base import AppliedEdit, EditMethod
+from editgate.methods.hparams import AlphaEditHParams, MemitHParams
+from editgate.methods.locate import (context_templates, optimise_value, residual_at_subject,
                                      second_moments, subject_keys)
 from editgate.methods.rome import default_layer
 from editgate.methods.statistics import cached_tensor
@@ -47,29 +45,6 @@ def default_layers(layers: int, span: int = 5) -> list[int]:
     span = max(1, min(span, layers - 1))  # a model shallower than the span edits all but its last block
     first = max(0, min(centre - span // 2, layers - 1 - span))
     return list(range(first, first + span))
-
-
-@dataclass
-class MemitHParams(HParamsBase):
-    layers: list | None = bounded(None, 0, MAX_LAYER, layer=True)  # None: five layers around ROME's
-    # consecutive edits of one manifest applied as one update (1: checked one by one)
-    batch_size: int = bounded(1, 1, MAX_BATCH_EDITS)
-    # lambda, how strongly corpus keys are preserved; None: scaled
-    mom2_update_weight: float | None = bounded(None, 0, 1e12)
-    v_steps: int = bounded(25, 0, MAX_STEPS)
-    v_lr: float = bounded(0.5, 0, 100)
-    v_weight_decay: float = bounded(1e-3, 0, 1e3)
-    clamp_norm_factor: float = bounded(4.0, 0, 1e6)
-    kl_factor: float = bounded(0.0625, 0, 1e6)
-    early_stop_nll: float = bounded(0.05, 0, 1e3)
-    context_templates: int = bounded(10, 1, 100)
-    context_length: int = bounded(10, 1, 256)
-    stats_samples: int = bounded(2000, 1, MAX_TEXTS)
-    stats_max_tokens: int = bounded(256, 1, MAX_TOKENS)
-
-    def value_settings(self) -> ValueSettings:
-        return ValueSettings(self.v_steps, self.v_lr, self.v_weight_decay, self.clamp_norm_factor,
-                             self.kl_factor, self.early_stop_nll)
 
 
 class Memit(EditMethod):
@@ -125,13 +100,6 @@ class Memit(EditMethod):
         """MEMIT's update for one layer: R^T K (lambda C + K^T K)^-1, as [out, in] float32."""
         system = hp.mom2_update_weight * moment + keys.T @ keys
         return (residual.T @ torch.linalg.solve(system, keys.T).T).float()
-
-
-@dataclass
-class AlphaEditHParams(MemitHParams):
-    # eigenvalues of C below this span the preserved keys' null space
-    nullspace_threshold: float = bounded(2e-2, 0, 1e6)
-    l2: float = bounded(10.0, 0, 1e12)  # ridge term of the projected solve
 
 
 class AlphaEdit(Memit):

@@ -13,37 +13,13 @@ consistency fix the "Fall of ROME" analysis (Gupta et al. 2024) showed prevents 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-
 import torch
 
 from editgate.architecture import MlpOut, mlp_out, num_layers
 from editgate.manifests import Edit
-from editgate.limits import MAX_LAYER, MAX_STEPS, MAX_TEXTS, MAX_TOKENS
-from editgate.methods.base import AppliedEdit, EditMethod, HParamsBase, bounded
-from editgate.methods.locate import (ValueSettings, context_templates, optimise_value, second_moments,
-                                     subject_keys)
-
-
-@dataclass
-class RomeHParams(HParamsBase):
-    # None: about a sixth of the way up, where factual recall peaks in causal traces
-    layer: int | None = bounded(None, 0, MAX_LAYER, layer=True)
-    v_steps: int = bounded(25, 0, MAX_STEPS)  # Adam steps optimising the value offset at most
-    v_lr: float = bounded(0.5, 0, 100)
-    v_weight_decay: float = bounded(1e-3, 0, 1e3)
-    clamp_norm_factor: float = bounded(4.0, 0, 1e6)  # |delta| <= factor * |original value|
-    # keep "<subject> is a" predictions close to the original (essence drift)
-    kl_factor: float = bounded(0.0625, 0, 1e6)
-    early_stop_nll: float = bounded(0.05, 0, 1e3)  # stop once the target's mean NLL is below this (p ~ 0.95)
-    context_templates: int = bounded(10, 1, 100)  # generated prefixes the key and value are averaged over
-    context_length: int = bounded(10, 1, 256)
-    stats_samples: int = bounded(2000, 1, MAX_TEXTS)  # texts of the statistics corpus for C = E[k k^T]
-    stats_max_tokens: int = bounded(256, 1, MAX_TOKENS)
-
-    def value_settings(self) -> ValueSettings:
-        return ValueSettings(self.v_steps, self.v_lr, self.v_weight_decay, self.clamp_norm_factor,
-                             self.kl_factor, self.early_stop_nll)
+from editgate.methods.base import AppliedEdit, EditMethod
+from editgate.methods.hparams import RomeHParams
+from editgate.methods.locate import context_templates, optimise_value, second_moments, subject_keys
 
 
 def default_layer(layers: int) -> int:

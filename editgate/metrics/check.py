@@ -56,10 +56,11 @@ class PerplexityCheck:
         self.prefix: PrefixCache | None = None
         self._told: set[str] = set()
 
-    def run(self, model: torch.nn.Module, base_model: torch.nn.Module, written: list[str]) -> CheckResult:
-        """`written`: the names of every parameter the applied edits changed (they locate the prefix)."""
+    def run(self, model: torch.nn.Module, written: list[str]) -> CheckResult:
+        """`written`: the names of `model`'s parameters the applied edits changed; they locate the
+        prefix cache, and none (nothing written, or a model that wraps the edited one) means no cache."""
         start = time.perf_counter()
-        forward, from_layer = self._forward(model, base_model, written)
+        forward, from_layer = self._forward(model, written)
         total = len(self.sample.token_ids)
         nll, counts = [0.0] * total, [0] * total
         scored: list[int] = []
@@ -94,15 +95,15 @@ class PerplexityCheck:
             return None
         return safe_exp(r), (low, high)
 
-    def _forward(self, model, base_model, written: list[str]):
+    def _forward(self, model, written: list[str]):
         """The prefix-cached forward pass when it applies (a parametric edit above block 0), else None."""
-        if not self.policy.prefix_cache or model is not base_model or not written:
+        if not self.policy.prefix_cache or not written:
             return None, 0
-        layer = lowest_written_layer(base_model, written)
+        layer = lowest_written_layer(model, written)
         if layer == 0:
             return None, 0
         if self.prefix is None or self.prefix.layer > layer:  # states below a lower edit: rebuild there
-            self.prefix = PrefixCache(base_model, layer)
+            self.prefix = PrefixCache(model, layer)
         if self.prefix.verified is False:
             self._tell(self.prefix.problem or "prefix cache disabled")
             return None, 0

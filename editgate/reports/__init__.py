@@ -8,12 +8,10 @@ run that fails part-way still gets a report from whatever it had.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Callable
 
-from editgate.atomicfile import umask, write_atomic
+from editgate.atomicfile import atomic_path, write_atomic
 from editgate.reports.document import SCHEMA_VERSION, build_document, error_document, partial_document
 from editgate.reports.junit import render_junit
 from editgate.reports.markdown import render_markdown
@@ -25,13 +23,6 @@ __all__ = ["SCHEMA_VERSION", "build_document", "error_document", "partial_docume
 def schema_path() -> Path:
     """The JSON Schema (draft 2020-12) of report.json, shipped in the package."""
     return Path(__file__).resolve().parent.parent / "schema" / "report.schema.json"
-
-
-def _temporary(path: Path) -> str:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    return tmp
 
 
 def write_reports(document: dict, out_dir: Path, log: Callable[[str], None] | None = None) -> list[Path]:
@@ -58,15 +49,10 @@ def _write_plot(document: dict, path: Path, log: Callable[[str], None]) -> Path 
     if not plot_available():
         log("perplexity.png skipped: matplotlib is not installed (pip install 'editgate[plot]')")
         return None
-    tmp = _temporary(path)
     try:
-        render_plot(document, Path(tmp))
-        os.chmod(tmp, 0o666 & ~umask())
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            render_plot(document, tmp)
     except Exception as error:  # a chart must never cost the run its reports
         log(f"perplexity.png skipped: {type(error).__name__}: {error}")
         return None
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path
