@@ -134,13 +134,13 @@ def _check_outputs(options: RunOptions, config, edits) -> None:
     """--save-model / --save-delta targets are checked before the model is loaded, and so is whether the
     edits live in the weights at all (a method that wraps the model keeps them out of the weights)."""
     from editgate.export import check_model_target
-    from editgate.methods import METHODS
+    from editgate.methods import get_method
 
     if options.out is not None:
         _check_out(options.out)
     if options.save_model is None and options.save_delta is None:
         return
-    outside = [e.id for e in edits if not METHODS[e.method or config.method].writes_weights]
+    outside = [e.id for e in edits if not get_method(e.method or config.method).writes_weights]
     if outside:
         flag = "--save-model" if options.save_model is not None else "--save-delta"
         shown = ", ".join(outside[:5]) + (f" and {len(outside) - 5} more" if len(outside) > 5 else "")

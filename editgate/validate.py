@@ -91,17 +91,17 @@ def suite_problems(policy: Policy, root: Path) -> list[Problem]:
 
 def check_model_fit(config: Config, edits: list[Edit], depth: int) -> None:
     """What needs the loaded model's depth, checked before the first edit: layer hyperparameters."""
-    from editgate.methods import METHODS, layer_problems
+    from editgate.methods import HPARAMS, layer_problems
 
     problems: list[Problem] = []
     for method, values in config.hparams.items():
-        hparams = METHODS[method].HParams().updated(values)
+        hparams = HPARAMS[method]().updated(values)
         problems += [Problem(config.source_file or "editgate.yaml", config.key_lines.get("hparams"),
                              f"hparams.{method}: {m}") for m in layer_problems(method, hparams, depth)]
     for edit in edits:
         method = edit.method or config.method
         if edit.hparams:  # the layers this edit (or its manifest) sets; editgate.yaml's are checked above
-            hparams = METHODS[method].HParams().updated(edit.hparams)
+            hparams = HPARAMS[method]().updated(edit.hparams)
             problems += [Problem(edit.source, edit.line, f"edit {edit.id!r}: {m}")
                          for m in layer_problems(method, hparams, depth)]
     if problems:

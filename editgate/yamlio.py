@@ -64,7 +64,7 @@ class _LimitError(Exception):
         self.message, self.mark, self.hint = message, mark, hint
 
 
-try:  # libyaml's parser is ~7x faster than the pure-Python one on a 650 KB JSON file
+try:  # libyaml's parser, when PyYAML was built with it, is several times faster (README: Performance)
     from yaml._yaml import CParser as _Parser
 
     _PURE_PYTHON = False

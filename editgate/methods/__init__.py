@@ -2,43 +2,68 @@
 
 A method takes the model, a batch of edits and its hyperparameters, changes the model in place and
 returns an `AppliedEdit` recording exactly what it changed, so the gate can undo, diff or export it.
+
+The registry names each method's hyperparameters (torch-free, in `hparams.py` and the memory
+method's own `hparams.py`) and where its implementation lives; an implementation imports torch, so it
+is imported only when a model is edited: `editgate validate` checks every hyperparameter without it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from editgate.limits import MAX_LAYERS_LISTED
-from editgate.methods.base import AppliedEdit, EditMethod
-from editgate.methods.ft import FineTune
-from editgate.methods.memit import AlphaEdit, Memit
-from editgate.methods.memory import MemoryEditor
-from editgate.methods.rome import Rome
+from editgate.methods.hparams import AlphaEditHParams, FtHParams, HParamsBase, MemitHParams, RomeHParams
+from editgate.methods.memory.hparams import MemoryHParams
 
-METHODS: dict[str, type[EditMethod]] = {cls.name: cls for cls in (Rome, Memit, AlphaEdit, FineTune, MemoryEditor)}
+if TYPE_CHECKING:
+    from editgate.methods.base import AppliedEdit, EditMethod
 
-__all__ = ["AppliedEdit", "EditMethod", "METHODS", "method_names", "get_method", "check_hparams", "layer_problems"]
+# name -> (its hyperparameters, "module:class" of its implementation)
+_REGISTRY: dict[str, tuple[type[HParamsBase], str]] = {
+    "rome": (RomeHParams, "editgate.methods.rome:Rome"),
+    "memit": (MemitHParams, "editgate.methods.memit:Memit"),
+    "alphaedit": (AlphaEditHParams, "editgate.methods.memit:AlphaEdit"),
+    "ft": (FtHParams, "editgate.methods.ft:FineTune"),
+    "memory": (MemoryHParams, "editgate.methods.memory:MemoryEditor"),
+}
+HPARAMS: dict[str, type[HParamsBase]] = {name: hparams for name, (hparams, _) in _REGISTRY.items()}
+
+__all__ = ["AppliedEdit", "EditMethod", "HPARAMS", "METHODS", "method_names", "get_method", "check_hparams",
+           "layer_problems"]
+
+
+def __getattr__(name: str) -> Any:
+    """`METHODS` (every implementation), `AppliedEdit` and `EditMethod`, imported on first use."""
+    if name == "METHODS":
+        return {method: get_method(method) for method in _REGISTRY}
+    if name in ("AppliedEdit", "EditMethod"):
+        return getattr(importlib.import_module("editgate.methods.base"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def method_names() -> list[str]:
-    return sorted(METHODS)
+    return sorted(_REGISTRY)
 
 
 def get_method(name: str) -> type[EditMethod]:
+    """The implementation of method `name` (its module is imported now: it needs torch)."""
     try:
-        return METHODS[name]
+        module, cls = _REGISTRY[name][1].split(":")
     except KeyError:
         raise KeyError(f"unknown method {name!r}; choose one of {', '.join(method_names())}") from None
+    return getattr(importlib.import_module(module), cls)
 
 
 def check_hparams(method: str, hparams: dict[str, Any]) -> list[str]:
     """Messages for unknown or mistyped hyperparameters of `method` (empty when all is well)."""
-    if method not in METHODS:
+    if method not in HPARAMS:
         return []  # the unknown method itself is reported by the caller
-    fields = {f.name: f for f in dataclasses.fields(METHODS[method].HParams)}
+    fields = {f.name: f for f in dataclasses.fields(HPARAMS[method])}
     problems = []
     for key, value in hparams.items():
         if key not in fields:
@@ -46,15 +71,15 @@ def check_hparams(method: str, hparams: dict[str, Any]) -> list[str]:
             suffix = f" (did you mean {hint[0]!r}?)" if hint else ""
             problems.append(f"unknown hyperparameter {key!r} for method {method!r}{suffix}")
             continue
-        expected = METHODS[method].HParams.field_types()[key]
+        expected = HPARAMS[method].field_types()[key]
         if not _matches(value, expected):
             problems.append(
                 f"hyperparameter {key!r} of method {method!r} must be {_describe(expected)}, "
                 f"not {type(value).__name__} {value!r}"
             )
             continue
-        problems.extend(_range_problems(method, key, value, METHODS[method].HParams.ranges().get(key)))
-    value_check = getattr(METHODS[method].HParams, "value_problems", None)
+        problems.extend(_range_problems(method, key, value, HPARAMS[method].ranges().get(key)))
+    value_check = getattr(HPARAMS[method], "value_problems", None)
     if not problems and value_check is not None:  # values only once every key and type is right
         problems.extend(value_check(hparams))
     return problems
@@ -79,7 +104,7 @@ def layer_problems(method: str, hparams: Any, depth: int) -> list[str]:
     """Layer indices beyond the loaded model (checked after loading, before the first edit: Python's
     negative indexing would otherwise edit a layer nobody asked for), and the last block for a method
     that needs a block above its edit (there the edit silently changes nothing the prompt's answer sees)."""
-    cls = METHODS[method]
+    cls = get_method(method)
     top = depth - 2 if cls.needs_a_block_above else depth - 1
     problems = []
     for key in cls.HParams.layer_fields():

@@ -8,7 +8,6 @@ from typing import Any, Callable, ClassVar
 import torch
 
 from editgate.manifests import Edit
-from editgate.methods.hparams import HParamsBase, bounded  # noqa: F401  (TEMP: memory imports them from here)
 
 
 @dataclass

@@ -111,7 +111,7 @@ class AlphaEditHParams(MemitHParams):
 @dataclass
 class FtHParams(HParamsBase):
     layers: list | None = bounded(None, 0, MAX_LAYER, layer=True)  # None: ROME's layer
-    # the ROME paper's GPT-2 XL setting, 5e-4, moves no fact on small models (README: Methods)
+    # README (Editing methods) says why not the ROME paper's 5e-4
     lr: float = bounded(5e-3, 0, 100)
     steps: int = bounded(25, 0, MAX_STEPS)
     norm_constraint: float = bounded(5e-3, 0, 1e6)  # |W - W0| <= this, element-wise

@@ -45,15 +45,21 @@ class Scored:
 MAX_PADDING = 0.1  # a batch closes before padding would exceed this share of it
 
 
-def batches_by_length(lengths: list[int], batch_tokens: int) -> list[list[int]]:
+def batches_by_length(lengths: list[int], batch_tokens: int, *, max_padding: float | None = MAX_PADDING,
+                      min_width: int = 0) -> list[list[int]]:
     """Indices grouped into batches whose padded size (count x longest) stays within `batch_tokens`
     and whose padding stays within `MAX_PADDING` of it: padded tokens cost a full forward pass each
-    (on short texts, a token budget alone padded 30-70% of a batch; the bound gained 10-20% tok/s)."""
+    (on short texts, a token budget alone padded 30-70% of a batch; the bound gained 10-20% tok/s).
+
+    `max_padding=None` drops the padding bound, for callers whose batches must keep the shapes the
+    budget alone gives them; `min_width` is the narrowest batch the caller pads to (`pad_right`'s
+    `min_width`), so the budget counts what is really run."""
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     batches, current, real = [], [], 0
     for i in order:
-        padded = (len(current) + 1) * lengths[i]
-        if current and (padded > batch_tokens or padded - real - lengths[i] > MAX_PADDING * padded):
+        padded = (len(current) + 1) * max(lengths[i], min_width)
+        too_padded = max_padding is not None and padded - real - lengths[i] > max_padding * padded
+        if current and (padded > batch_tokens or too_padded):
             batches.append(current)
             current, real = [], 0
         current.append(i)
@@ -63,9 +69,12 @@ def batches_by_length(lengths: list[int], batch_tokens: int) -> list[list[int]]:
     return batches
 
 
-def pad_right(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token ids padded on the right to the longest sequence, and the attention mask (CPU tensors)."""
-    width = max(len(s) for s in sequences)
+def pad_right(sequences: list[list[int]], pad_id: int, *, min_width: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids padded on the right to the longest sequence, and the attention mask (CPU tensors).
+
+    `min_width`: pad to at least this width (a model cannot run a batch of empty sequences at width 0;
+    at width 1 their rows are all padding, masked out)."""
+    width = max(max(len(s) for s in sequences), min_width)
     ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(sequences), width), dtype=torch.long)
     for row, seq in enumerate(sequences):
