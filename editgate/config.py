@@ -13,12 +13,13 @@ import os
 import re
 import stat
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from editgate.errors import InputError, Problem
-from editgate.globbing import MAX_WALK_ENTRIES, PatternError, check_pattern, find
+from editgate.globbing import MAX_WALK_ENTRIES, PatternError, check_pattern, find, relative_pattern
 from editgate.limits import MAX_SEED, MAX_THREADS
+from editgate.methods import check_hparams, method_names
 from editgate.paths import path_inside
 from editgate.policy import BUILTIN_POLICIES, builtin_policy_path
 from editgate.safetext import has_control
@@ -88,7 +89,7 @@ class Config:
         shown = self.source_file or str(self.root)  # no editgate.yaml: the problem is the repository's
         line = self.key_lines.get("manifests")
         for pattern in self.manifests:
-            relative = _relative_pattern(self.root, pattern)
+            relative = relative_pattern(self.root, pattern)
             if relative is None:
                 problems.append(Problem(shown, line, f"manifests: {pattern!r} is outside the repository"))
                 continue
@@ -267,8 +268,6 @@ def _device(config: Config, value: Any) -> tuple[str | None, Any]:
 
 
 def _method(config: Config, value: Any) -> tuple[str | None, Any]:
-    from editgate.methods import method_names  # late: the methods import torch and this module's users
-
     message, text = _text(value)
     if message or text in method_names():
         return message, text
@@ -292,7 +291,7 @@ def _manifests(config: Config, value: Any) -> tuple[str | None, Any]:
             check_pattern(pattern)
         except PatternError as error:
             return f"{pattern[:60]!r}... {error}", None
-        if _relative_pattern(config.root, pattern) is None:
+        if relative_pattern(config.root, pattern) is None:
             return f"{pattern!r} is outside the repository; use a path relative to it, without '..'", None
     return None, [p.strip() for p in patterns]
 
@@ -307,19 +306,6 @@ def _manifest_file_problem(root: Path, relative: str) -> Problem | None:
     if not (root / relative).is_file():
         return Problem(relative, None, "is a link to a file that does not exist")
     return None
-
-
-def _relative_pattern(root: Path, pattern: str) -> str | None:
-    """The glob relative to the root, or None when it could match outside the repository."""
-    path = PurePosixPath(pattern.strip().replace("\\", "/"))
-    if path.is_absolute():
-        try:
-            path = PurePosixPath(path.relative_to(root.resolve().as_posix()))
-        except ValueError:
-            return None
-    if ".." in path.parts:
-        return None
-    return path.as_posix()
 
 
 def _policy(config: Config, value: Any) -> tuple[str | None, Any]:
@@ -389,8 +375,6 @@ _CHECKS = {
 
 def _check_all_hparams(config: Config, data: dict, shown: str, problems: list[Problem]) -> None:
     """Per-method defaults: unknown methods and unknown or mistyped hyperparameters."""
-    from editgate.methods import check_hparams, method_names
-
     section = data.get("hparams") or {}
     checked: dict[str, dict] = {}
     for method, values in section.items():

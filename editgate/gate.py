@@ -34,6 +34,7 @@ from editgate.metrics.scoring import MAX_PADDING
 from editgate.models import LoadedModel
 from editgate.policy import Policy
 from editgate.session import EditSession
+from editgate.metrics.benchmarks import TaskResult, compare, load_suite
 
 PASS, WARN, FAIL, COLLAPSE = "pass", "warn", "fail", "collapse"
 SCORE_KEYS = ("efficacy", "generalization", "locality", "efficacy_cf", "generalization_cf")
@@ -167,8 +168,6 @@ class Gate:
         spec = self.policy.benchmarks.suite
         if spec in ("none", "off"):
             return
-        from editgate.metrics.benchmarks import TaskResult, load_suite
-
         start = time.perf_counter()
         self.suite = load_suite(spec, self.loaded.tokenizer, self.config.root)
         parameter = next(self.loaded.model.parameters())
@@ -312,8 +311,6 @@ class Gate:
         done = sum(1 for r in self.records if r.status != "not-run")
         point = Checkpoint(done)
         if self.suite is not None:
-            from editgate.metrics.benchmarks import compare
-
             now = self.suite.run(self.model, self.log)
             point.benchmarks = [c.to_dict() for c in compare(self.baseline_benchmarks, now,
                                                               self.policy.benchmarks.max_drop)]

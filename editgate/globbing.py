@@ -18,7 +18,7 @@ import os
 import re
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 MAX_PATTERN_LENGTH = 256
 MAX_PATTERN_PARTS = 32
@@ -166,3 +166,16 @@ def walk_files(root: Path, max_entries: int = MAX_WALK_ENTRIES) -> WalkResult:
             except OSError:
                 continue
     return WalkResult(sorted(files), False)
+
+
+def relative_pattern(root: Path, pattern: str) -> str | None:
+    """The glob relative to the root, or None when it could match outside the repository."""
+    path = PurePosixPath(pattern.strip().replace("\\", "/"))
+    if path.is_absolute():
+        try:
+            path = PurePosixPath(path.relative_to(root.resolve().as_posix()))
+        except ValueError:
+            return None
+    if ".." in path.parts:
+        return None
+    return path.as_posix()

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from editgate.errors import InputError, Problem
+from editgate.methods import check_hparams, method_names
 from editgate.safetext import has_control, printable
 from editgate.yamlio import (
     describe, line_of, line_of_mentioned, load_yaml, plain, quote_hint, unknown_key,
@@ -362,8 +363,6 @@ class _File:
         return LocalityCheck(prompt, answer)
 
     def _method(self, item: dict, label: str, fallback: str) -> str:
-        from editgate.methods import method_names  # late: editgate.methods imports this module
-
         if "method" not in item:
             return fallback
         value = item["method"]
@@ -377,8 +376,6 @@ class _File:
         return value
 
     def _hparams(self, item: dict, label: str, method: str) -> dict:
-        from editgate.methods import check_hparams
-
         value = item.get("hparams")
         if value is None:
             return {}

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
+from editgate.corpora import check_corpus
 from editgate.errors import InputError, Problem
 from editgate.limits import MAX_BATCH_TOKENS, MAX_SEED, MAX_TEXTS, MAX_TOKENS
 from editgate.yamlio import LineDict, describe, line_of, load_yaml, quote_hint, unknown_key
@@ -240,8 +241,6 @@ def _check_ordering(pp: PerplexityPolicy, data: Any, shown_as: str, problems: li
 
 def _check_corpus(corpus: str, data: Any, shown_as: str, root: Path | None, problems: list[Problem]) -> None:
     """The corpus is read now, as the run will read it, so a broken one fails validation, not the run."""
-    from editgate.corpora import check_corpus
-
     if root is None and not corpus.startswith("hf:"):
         return  # a policy file checked on its own: its corpus is relative to a repository not known here
     problems.extend(check_corpus(corpus, root, shown_as, line_of(data, "corpus")))

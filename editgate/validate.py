@@ -26,6 +26,8 @@ from editgate.errors import InputError, Problem
 from editgate.manifests import Edit, ManifestCollector
 from editgate.policy import Policy, load_policy_collecting, parse_policy
 from editgate.yamlio import load_yaml
+from editgate.methods import HPARAMS, layer_problems
+from editgate.metrics.benchmarks import check_suite
 
 
 def load_inputs(repo: Path, policy_override: str | None = None) -> tuple[Config, Policy, list[Edit]]:
@@ -79,8 +81,6 @@ def suite_problems(policy: Policy, root: Path) -> list[Problem]:
     spec = policy.benchmarks.suite
     if spec in ("none", "off"):
         return []
-    from editgate.metrics.benchmarks import check_suite
-
     try:
         check_suite(spec, root)
     except InputError as error:
@@ -91,8 +91,6 @@ def suite_problems(policy: Policy, root: Path) -> list[Problem]:
 
 def check_model_fit(config: Config, edits: list[Edit], depth: int) -> None:
     """What needs the loaded model's depth, checked before the first edit: layer hyperparameters."""
-    from editgate.methods import HPARAMS, layer_problems
-
     problems: list[Problem] = []
     for method, values in config.hparams.items():
         hparams = HPARAMS[method]().updated(values)

@@ -18,7 +18,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from editgate.errors import InputError, Problem
-from editgate.globbing import glob_match
+from editgate.globbing import glob_match, relative_pattern
 from editgate.manifests import Edit, ManifestCollector, edit_fingerprint
 from editgate.yamlio import MAX_BYTES, load_yaml
 
@@ -188,13 +188,11 @@ def edits_at_ref(root: Path, patterns: list[str], default_method: str, ref: str)
 
 def _files_at(location: GitLocation, commit: str, patterns: list[str], root: Path) -> list[tuple[str, str]]:
     """(path relative to the gated directory, blob id) of regular files at `commit` matching the globs."""
-    from editgate.config import _relative_pattern
-
     args = ["ls-tree", "-r", "-z", "--full-tree", commit]
     if location.prefix:
         args += ["--", location.prefix]
     listing = _git(location.top, *args)
-    compiled = [p for p in (_relative_pattern(Path(root), pattern) for pattern in patterns) if p is not None]
+    compiled = [p for p in (relative_pattern(Path(root), pattern) for pattern in patterns) if p is not None]
     found: dict[str, str] = {}
     for entry in listing.split("\0"):
         if not entry:

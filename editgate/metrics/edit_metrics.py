@@ -10,11 +10,11 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 
-from editgate.manifests import Edit
+from editgate.manifests import Edit, LocalityCheck
 from editgate.metrics.scoring import Scored, score_sequences
 
 DEFINITION = ("efficacy/generalization/locality: EasyEdit teacher-forced token accuracy "
@@ -96,9 +96,6 @@ class EditScorer:
         missing = [c for c in edit.locality if not c.answer]
         if not missing:
             return edit
-        from dataclasses import replace
-
-        from editgate.manifests import LocalityCheck
         filled = []
         for check in edit.locality:
             if check.answer:

