@@ -33,9 +33,9 @@ def main() -> None:
     parser.add_argument("--out", default="memory_quality.json")
     args = parser.parse_args()
 
+    from editgate import EditSession
     from editgate.corpora import sample_texts
-    from editgate.methods.base import MethodContext
-    from editgate.methods.memory import MemoryEditor, MemoryHParams, routing_figures
+    from editgate.methods.memory import routing_figures
     from editgate.metrics.edit_metrics import EditScorer, mean_of
     from editgate.metrics.perplexity import PerplexitySample, perplexity
 
@@ -53,17 +53,15 @@ def main() -> None:
     rows.append(["(unedited)", "—", None, 1.0, *[summary[k] for k in SCORE_KEYS], None, None, None, None])
     for encoder in args.encoders:
         for keys in args.keys:
-            context = MethodContext(CACHE, loaded.fingerprint, lambda n: sample_texts("builtin:wiki", "stats", n, 0),
-                                    "builtin:wiki", log=lambda m: print(f"  {m}", file=sys.stderr))
-            editor = MemoryEditor(model, tok, context)
-            hp = MemoryHParams(encoder=encoder, keys=keys)
-            if args.prompt_format:
-                hp = hp.updated({"prompt_format": args.prompt_format})
+            overrides = {"encoder": encoder, "keys": keys,
+                         **({"prompt_format": args.prompt_format} if args.prompt_format else {})}
+            session = EditSession(loaded, cache_dir=CACHE, method="memory", hparams={"memory": overrides},
+                                  log=lambda m: print(f"  {m}", file=sys.stderr))
             start = time.perf_counter()
             for edit in edits:
-                applied = editor.apply([edit], hp)
+                applied = session.apply([edit])
             apply_seconds = time.perf_counter() - start
-            wrapped = applied.model
+            editor, wrapped = session.method("memory"), session.model
             wrapped.reset_counts()
             ratio = perplexity(wrapped, sample).token_perplexity / base_ppl
             ppl_counts = wrapped.counts()

@@ -140,12 +140,14 @@ def _check_outputs(options: RunOptions, config, edits) -> None:
         _check_out(options.out)
     if options.save_model is None and options.save_delta is None:
         return
-    outside = [e.id for e in edits if not get_method(e.method or config.method).writes_weights]
+    outside = [e for e in edits if not get_method(e.method or config.method).writes_weights]
     if outside:
         flag = "--save-model" if options.save_model is not None else "--save-delta"
-        shown = ", ".join(outside[:5]) + (f" and {len(outside) - 5} more" if len(outside) > 5 else "")
+        ids = [e.id for e in outside]
+        shown = ", ".join(ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
+        methods = ", ".join(sorted({e.method or config.method for e in outside}))
         raise InputError(f"{flag}: edit(s) {shown} use a method that keeps edits out of the weights "
-                         "(memory); saved weights would not contain them")
+                         f"({methods}); saved weights would not contain them")
     if options.save_model is not None:
         check_model_target(options.save_model)
     if options.save_delta is not None and options.save_delta.is_dir():
