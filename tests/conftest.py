@@ -1,5 +1,6 @@
 """Shared fixtures: the embedded model's tokenizer, tiny random models of four architectures saved as
-local Hugging Face directories, and tiny gate repositories pointing at them.
+local Hugging Face directories, tiny gate repositories pointing at them, and a git work tree with a pull
+request run as GitHub Actions runs it (the CI tests). Plain helpers and constants are in tests/helpers.py.
 
 Tiny models are real transformers models built from a config (random init, fixed seed): they load
 through `editgate.models.load_model` exactly like a user's local checkpoint and really get edited.
@@ -7,14 +8,29 @@ through `editgate.models.load_model` exactly like a user's local checkpoint and 
 
 from __future__ import annotations
 
-import hashlib
 import os
-import textwrap
+import shutil
 from pathlib import Path
 from typing import Callable
 
 import pytest
 import torch
+
+from helpers import (
+    BASE_MANIFEST,
+    EDITS_A,
+    EDITS_B,
+    HEAD_MANIFEST,
+    NEW_MANIFEST,
+    build_tiny_model,
+    config_text,
+    gate_policy,
+    git,
+    read_json,
+    run_cli,
+    write,
+    write_repo,
+)
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never download anything
@@ -24,16 +40,6 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # order of magnitude faster on a busy one (OpenMP threads spinning against other processes). Tests on
 # the real model raise it again (see `all_threads`).
 torch.set_num_threads(1)
-
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-SHARED_DATA = SHARED / "data"
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
-ARCHITECTURES = ("gpt2", "llama", "qwen2", "gpt_neox")
-HIDDEN, INTERMEDIATE, HEADS = 64, 256, 4
-
-# ROME kept small for tiny models: a few statistics texts, few optimisation steps, short templates.
-TINY_ROME = {"stats_samples": 50, "v_steps": 10, "context_templates": 2, "context_length": 5}
 
 
 def pytest_terminal_summary(terminalreporter) -> None:
@@ -45,14 +51,6 @@ def pytest_terminal_summary(terminalreporter) -> None:
         terminalreporter.section("host synchronisations on simulated GPUs (per phase)")
         for line in simdevice.REPORT:
             terminalreporter.write_line(line)
-
-
-def shared_file(name: str) -> Path:
-    """A file of ../shared/data, or skip the test saying why."""
-    path = SHARED_DATA / name
-    if not path.is_file():
-        pytest.skip(f"{path} is absent: the shared reference data (../shared/data) is not available here")
-    return path
 
 
 @pytest.fixture(autouse=True)
@@ -110,36 +108,6 @@ def tokenizer(tokenizer_dir):
 
 
 # --- tiny models --------------------------------------------------------------------------------
-
-
-def tiny_config(arch: str, vocab: int, layers: int, bos: int | None, eos: int | None):
-    from transformers import GPT2Config, GPTNeoXConfig, LlamaConfig, Qwen2Config
-
-    common = dict(vocab_size=vocab, bos_token_id=bos, eos_token_id=eos)
-    if arch == "gpt2":
-        return GPT2Config(n_embd=HIDDEN, n_inner=INTERMEDIATE, n_layer=layers, n_head=HEADS, n_positions=512,
-                          **common)
-    if arch == "llama":
-        return LlamaConfig(hidden_size=HIDDEN, intermediate_size=INTERMEDIATE, num_hidden_layers=layers,
-                           num_attention_heads=HEADS, num_key_value_heads=HEADS, max_position_embeddings=512,
-                           **common)
-    if arch == "qwen2":
-        return Qwen2Config(hidden_size=HIDDEN, intermediate_size=INTERMEDIATE, num_hidden_layers=layers,
-                           num_attention_heads=HEADS, num_key_value_heads=2, max_position_embeddings=512,
-                           **common)
-    if arch == "gpt_neox":
-        return GPTNeoXConfig(hidden_size=HIDDEN, intermediate_size=INTERMEDIATE, num_hidden_layers=layers,
-                             num_attention_heads=HEADS, max_position_embeddings=512, **common)
-    raise ValueError(arch)
-
-
-def build_tiny_model(arch: str, tokenizer, layers: int = 4, seed: int = 0) -> torch.nn.Module:
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    config = tiny_config(arch, len(tokenizer), layers, tokenizer.bos_token_id, tokenizer.eos_token_id)
-    model = AutoModelForCausalLM.from_config(config)
-    return model.eval()
 
 
 @pytest.fixture(scope="session")
@@ -206,103 +174,7 @@ def load_tiny(tiny_model_dir, tmp_path):
     return load
 
 
-def tree_digest(root: Path) -> dict[str, tuple[str, int]]:
-    """{relative path: (sha256, mtime_ns)} of every file under root, to prove nothing wrote there."""
-    out = {}
-    for path in sorted(Path(root).rglob("*")):
-        if path.is_file():
-            out[path.relative_to(root).as_posix()] = (hashlib.sha256(path.read_bytes()).hexdigest(),
-                                                      path.stat().st_mtime_ns)
-    return out
-
-
 # --- tiny repositories --------------------------------------------------------------------------
-
-def gate_policy(**perplexity) -> str:
-    """A policy with these perplexity settings, no benchmark suite and no edit-metric minimums."""
-    lines = ["perplexity:", "  corpus: builtin:wiki", *(f"  {key}: {value}" for key, value in perplexity.items())]
-    return "\n".join(lines) + ("\nbenchmarks:\n  suite: none\nedits:\n  min_efficacy: 0.0\n"
-                               "  min_generalization: 0.0\n  min_locality: 0.0\n")
-
-
-LENIENT_POLICY = """\
-perplexity:
-  corpus: builtin:wiki
-  samples: 8
-  max_tokens: 64
-  check_every: 1
-  warn_ratio: {warn_ratio}
-  fail_ratio: {fail_ratio}
-  collapse_ratio: {collapse_ratio}
-benchmarks:
-  suite: none  # the perplexity gate alone: fast, and no benchmark noise from a random model
-edits:
-  min_efficacy: 0.0
-  min_generalization: 0.0
-  min_locality: 0.0
-"""
-
-EDITS_A = """\
-# two landmarks
-edits:
-  - id: eiffel-rome
-    prompt: "{} is located in the city of"
-    subject: The Eiffel Tower
-    target: Rome
-    ground_truth: Paris
-    paraphrases:
-      - "The Eiffel Tower stands in"
-    locality:
-      - {prompt: "The Colosseum is located in the city of", answer: Rome}
-
-  - id: kremlin-london
-    prompt: "{} is located in the city of"
-    subject: The Kremlin
-    target: London
-    ground_truth: Moscow
-"""
-
-EDITS_B = """\
-edits:
-  - id: taj-egypt
-    prompt: "{} is located in the country of"
-    subject: The Taj Mahal
-    target: Egypt
-    locality:
-      - prompt: "Mount Fuji is located in the country of"
-"""
-
-
-def write(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
-    return path
-
-
-def yaml_hparams(hparams: dict) -> str:
-    items = ", ".join(f"{k}: {v}" for k, v in hparams.items())
-    return "{" + items + "}"
-
-
-def write_repo(repo: Path, model_dir: Path, manifests: dict[str, str], policy: str,
-               rome: dict | None = None, threads: int = 1) -> Path:
-    """A gated repository on a tiny model: editgate.yaml, policies/default.yaml and the manifests.
-    The cache is the runner's, not the repository's: see `_cache_in_tmp`."""
-    write(repo / "editgate.yaml", textwrap.dedent(f"""\
-        model: {model_dir}
-        device: cpu
-        dtype: float32
-        method: rome
-        hparams:
-          rome: {yaml_hparams({**TINY_ROME, **(rome or {})})}
-        manifests: edits/**/*.yaml
-        policy: policies/default.yaml
-        threads: {threads}
-        """))
-    write(repo / "policies" / "default.yaml", policy)
-    for relative, text in manifests.items():
-        write(repo / relative, text)
-    return repo
 
 
 @pytest.fixture
@@ -319,11 +191,51 @@ def tiny_repo(tmp_path, tiny_model_dir, request) -> Callable[..., Path]:
              warn_ratio: float = 5.0, fail_ratio: float = 10.0, collapse_ratio: float = 100.0,
              policy: str | None = None, rome: dict | None = None, name: str = "repo",
              trained: bool = False) -> Path:
-        policy_text = policy or LENIENT_POLICY.format(warn_ratio=warn_ratio, fail_ratio=fail_ratio,
-                                                      collapse_ratio=collapse_ratio)
+        policy_text = policy or gate_policy(warn_ratio=warn_ratio, fail_ratio=fail_ratio,
+                                            collapse_ratio=collapse_ratio)
         model_dir = request.getfixturevalue("trained_tiny_dir") if trained else tiny_model_dir(arch, layers)
         return write_repo(tmp_path / name, model_dir,
                           manifests or {"edits/2026-01-01-a.yaml": EDITS_A, "edits/2026-01-02-b.yaml": EDITS_B},
                           policy_text, rome)
 
     return make
+
+
+# --- a pull request on GitHub Actions (test_github.py, test_vcs.py, test_export.py) -------------------
+# Session-scoped: one CI run shared by the three modules, as when their tests were one module.
+
+
+@pytest.fixture(scope="session")
+def pr_workspace(tmp_path_factory, tiny_model_dir):
+    """A git work tree whose gated directory `gated/` has a base commit and a pull-request commit."""
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    root = tmp_path_factory.mktemp("ci")
+    ws = root / "ws"
+    gated = ws / "gated"
+    write(gated / "editgate.yaml", config_text(tiny_model_dir("llama", 4)))
+    write(gated / "policies" / "default.yaml", gate_policy(warn_ratio=1.001, fail_ratio=1.003, collapse_ratio=100.0))
+    write(gated / "edits" / "2026-01-01-a.yaml", BASE_MANIFEST)
+    git(ws, "init", "-q", "-b", "main")
+    git(ws, "add", "-A")
+    git(ws, "commit", "-q", "-m", "base")
+    write(gated / "edits" / "2026-01-01-a.yaml", HEAD_MANIFEST)
+    write(gated / "edits" / "2026-02-01-b.yaml", NEW_MANIFEST)
+    git(ws, "add", "-A")
+    git(ws, "commit", "-q", "-m", "pull request")
+    return root, ws, gated
+
+
+@pytest.fixture(scope="session")
+def ci_run(pr_workspace):
+    """`editgate run --base-ref HEAD~1 --save-model --save-delta` as GitHub Actions runs it."""
+    root, ws, gated = pr_workspace
+    summary, outputs = root / "summary.md", root / "outputs.txt"
+    env = {"GITHUB_ACTIONS": "true", "GITHUB_STEP_SUMMARY": str(summary), "GITHUB_OUTPUT": str(outputs),
+           "GITHUB_WORKSPACE": str(ws), "GITHUB_REPOSITORY": "octo/models", "GITHUB_SERVER_URL": "https://github.com"}
+    out = root / "out"
+    result = run_cli("run", "--repo", str(gated), "--out", str(out), "--base-ref", "HEAD~1",
+                     "--save-model", str(root / "edited-model"), "--save-delta", str(root / "edits.safetensors"),
+                     env=env)
+    return {"root": root, "ws": ws, "gated": gated, "out": out, "result": result, "summary": summary,
+            "outputs": outputs, "doc": read_json(out / "report.json")}

@@ -11,16 +11,15 @@ import torch
 
 from editgate.corpora import sample_texts
 from editgate.gate import classify
-from editgate.methods import get_method
 from editgate.metrics.check import PerplexityCheck
 from editgate.metrics.perplexity import CHUNKS, PerplexityResult, PerplexitySample, perplexity
 from editgate.metrics.prefix import PrefixCache, lowest_written_layer
 from editgate.metrics.scoring import Batch
 from editgate.policy import PerplexityPolicy, Policy
 
-from conftest import gate_policy
+from helpers import gate_policy
 from test_collapse import MANIFEST, gate
-from test_rome import EIFFEL, KREMLIN, context, tiny_hparams
+from test_rome import EIFFEL, KREMLIN, rome_on, tiny_hparams
 
 POLICY = Policy()
 
@@ -38,34 +37,34 @@ def test_prefix_cache_reproduces_the_full_model_after_real_edits(arch, load_tiny
     loaded = load_tiny(arch)
     model = loaded.model
     cached, sample = check_for(loaded, early_stop=False)
-    rome = get_method("rome")(model, loaded.tokenizer, context(loaded, tmp_path))
+    rome = rome_on(loaded, tmp_path)
     hp = tiny_hparams(rome, layer=2, v_lr=2.0)
     applied = [rome.apply([EIFFEL], hp)]
     written = list(applied[0].originals)
     assert lowest_written_layer(model, written) == 2
-    first = cached.run(model, model, written)  # builds the cache (full passes) and verifies it
+    first = cached.run(model, written)  # builds the cache (full passes) and verifies it
     assert cached.prefix.verified, cached.prefix.problem
     applied.append(rome.apply([KREMLIN], hp))
-    second = cached.run(model, model, written)  # runs blocks 2.. from the cached states
+    second = cached.run(model, written)  # runs blocks 2.. from the cached states
     full = perplexity(model, sample)
     assert first.from_layer == second.from_layer == 2 and not second.stopped_early
     assert second.perplexity == pytest.approx(full.token_perplexity, rel=1e-5)
     assert second.perplexity != first.perplexity  # the second edit is visible through the cache
     while applied:
         applied.pop().undo(model)
-    assert cached.run(model, model, written).ratio == pytest.approx(1.0, abs=1e-5)
+    assert cached.run(model, written).ratio == pytest.approx(1.0, abs=1e-5)
 
 
 def test_an_edit_below_the_cached_block_rebuilds_the_cache(load_tiny, tmp_path):
     loaded = load_tiny("llama")
     model = loaded.model
     check, sample = check_for(loaded, early_stop=False)
-    rome = get_method("rome")(model, loaded.tokenizer, context(loaded, tmp_path))
+    rome = rome_on(loaded, tmp_path)
     high = rome.apply([EIFFEL], tiny_hparams(rome, layer=3, v_lr=2.0))
-    check.run(model, model, list(high.originals))
+    check.run(model, list(high.originals))
     assert check.prefix.layer == 3
     low = rome.apply([KREMLIN], tiny_hparams(rome, layer=1, v_lr=2.0))
-    result = check.run(model, model, [*high.originals, *low.originals])
+    result = check.run(model, [*high.originals, *low.originals])
     assert check.prefix.layer == 1 and result.from_layer == 1
     assert result.perplexity == pytest.approx(perplexity(model, sample).token_perplexity, rel=1e-5)
 

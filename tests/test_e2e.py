@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import gate_policy, shared_file
+from helpers import gate_policy, shared_file
 
 pytestmark = pytest.mark.slow
 

@@ -17,7 +17,7 @@ from editgate.gate import classify
 from editgate.methods.rome import RomeHParams
 from editgate.policy import Policy, PerplexityPolicy
 
-from conftest import gate_policy, tree_digest, write
+from helpers import gate_policy, tree_digest, write
 
 EXTREME = {"clamp_norm_factor": 1000, "v_lr": 50, "v_weight_decay": 0}
 

@@ -23,7 +23,7 @@ from click.testing import CliRunner
 from editgate.cli import EXIT_INTERRUPTED, main
 from editgate.globbing import glob_match
 
-from conftest import EDITS_A, LENIENT_POLICY, write
+from helpers import EDITS_A, gate_policy, write
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MANIFEST = 'edits:\n  - id: a\n    prompt: "{} is located in the city of"\n    subject: Big Ben\n    target: Paris\n'
@@ -83,7 +83,7 @@ def test_a_model_directory_in_the_repository_never_runs_its_code(tmp_path, tiny_
     import shutil
 
     repo = repo_with(tmp_path, config="model: model\ndevice: cpu\ndtype: float32\nthreads: 1\n",
-                     policy=LENIENT_POLICY.format(warn_ratio=5.0, fail_ratio=10.0, collapse_ratio=100.0))
+                     policy=gate_policy(warn_ratio=5.0, fail_ratio=10.0, collapse_ratio=100.0))
     shutil.copytree(tiny_model_dir("llama", 4), repo / "model")
     marker = tmp_path / "code-ran"
     write(repo / "model" / "evil.py", f"open({str(marker)!r}, 'w').write('ran')\n"
@@ -307,7 +307,7 @@ def test_a_relative_model_path_is_relative_to_the_repository(tmp_path, tiny_mode
     import shutil
 
     repo = repo_with(tmp_path, config="model: models/tiny\ndevice: cpu\ndtype: float32\nthreads: 1\n",
-                     policy=LENIENT_POLICY.format(warn_ratio=5.0, fail_ratio=10.0, collapse_ratio=100.0))
+                     policy=gate_policy(warn_ratio=5.0, fail_ratio=10.0, collapse_ratio=100.0))
     shutil.copytree(tiny_model_dir("llama", 4), repo / "models" / "tiny")
     monkeypatch.chdir(tmp_path)  # not the repository
     result = cli("run", "--repo", "repo", "--out", str(tmp_path / "out"), "--quiet")

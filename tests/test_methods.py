@@ -7,13 +7,11 @@ import pytest
 import torch
 
 from editgate.architecture import mlp_out
-from editgate.corpora import sample_texts
 from editgate.errors import RunError
 from editgate.manifests import Edit
-from editgate.methods import METHODS, check_hparams, get_method
-from editgate.methods.base import MethodContext
+from editgate.methods import HPARAMS, METHODS, check_hparams, get_method, method_names
 
-from conftest import INTERMEDIATE, ARCHITECTURES
+from helpers import ARCHITECTURES, INTERMEDIATE, editing_method
 
 TINY = {
     "rome": {"stats_samples": 40, "v_steps": 8, "context_templates": 2, "context_length": 4},
@@ -24,12 +22,6 @@ TINY = {
 }
 EIFFEL = Edit("eiffel", "{} is located in the city of", "The Eiffel Tower", "Rome", "Paris")
 KREMLIN = Edit("kremlin", "{} is located in the city of", "The Kremlin", "London", "Moscow")
-
-
-def context_for(loaded, tmp_path) -> MethodContext:
-    return MethodContext(tmp_path / "cache", loaded.fingerprint,
-                         lambda n: sample_texts("builtin:wiki", "stats", n, 0), "builtin:wiki",
-                         log=lambda _m: None)
 
 
 def target_logprob(model, tokenizer, edit: Edit) -> float:
@@ -46,13 +38,22 @@ def test_registry_lists_the_four_parametric_methods():
     assert all(cls.description for cls in METHODS.values())
 
 
+def test_the_registry_and_each_implementation_agree():
+    """Validation reads the registry's hyperparameters without importing an implementation; each
+    implementation must declare the same name and the very same dataclass."""
+    assert method_names() == sorted(HPARAMS) == sorted(METHODS)
+    for name in method_names():
+        assert get_method(name).name == name
+        assert get_method(name).HParams is HPARAMS[name]
+
+
 @pytest.mark.parametrize("method", ["rome", "memit", "alphaedit", "ft"])
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_method_edits_and_undoes_exactly(method, arch, load_tiny, tmp_path):
     loaded = load_tiny(arch)
     model, tok = loaded.model, loaded.tokenizer
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
-    editor = get_method(method)(model, tok, context_for(loaded, tmp_path))
+    editor = editing_method(method, loaded, tmp_path / "cache")
     hparams = editor.default_hparams().updated(TINY[method])
     logprob_before = target_logprob(model, tok, EIFFEL)
 
@@ -74,7 +75,7 @@ def test_method_edits_and_undoes_exactly(method, arch, load_tiny, tmp_path):
 
 def test_rome_update_has_rank_one(load_tiny, tmp_path):
     loaded = load_tiny("llama")
-    editor = get_method("rome")(loaded.model, loaded.tokenizer, context_for(loaded, tmp_path))
+    editor = editing_method("rome", loaded, tmp_path / "cache")
     applied = editor.apply([EIFFEL], editor.default_hparams().updated(TINY["rome"]))
     (delta,) = applied.deltas(loaded.model).values()
     assert int(torch.linalg.matrix_rank(delta)) == 1
@@ -82,7 +83,7 @@ def test_rome_update_has_rank_one(load_tiny, tmp_path):
 
 def test_alphaedit_remembers_earlier_keys_and_forgets_them_on_undo(load_tiny, tmp_path):
     loaded = load_tiny("gpt2")
-    editor = get_method("alphaedit")(loaded.model, loaded.tokenizer, context_for(loaded, tmp_path))
+    editor = editing_method("alphaedit", loaded, tmp_path / "cache")
     hparams = editor.default_hparams().updated(TINY["alphaedit"])
     first = editor.apply([EIFFEL], hparams)
     after_first = {k: v.clone() for k, v in editor.previous_keys.items()}
@@ -97,7 +98,7 @@ def test_alphaedit_remembers_earlier_keys_and_forgets_them_on_undo(load_tiny, tm
 def test_memit_batch_of_two_edits_moves_both(load_tiny, tmp_path):
     loaded = load_tiny("qwen2")
     model, tok = loaded.model, loaded.tokenizer
-    editor = get_method("memit")(model, tok, context_for(loaded, tmp_path))
+    editor = editing_method("memit", loaded, tmp_path / "cache")
     before = [target_logprob(model, tok, e) for e in (EIFFEL, KREMLIN)]
     editor.apply([EIFFEL, KREMLIN], editor.default_hparams().updated(TINY["memit"]))
     after = [target_logprob(model, tok, e) for e in (EIFFEL, KREMLIN)]
@@ -107,7 +108,7 @@ def test_memit_batch_of_two_edits_moves_both(load_tiny, tmp_path):
 def test_out_of_range_layer_is_reported_before_anything_changes(load_tiny, tmp_path):
     loaded = load_tiny("gpt_neox")
     before = {n: p.detach().clone() for n, p in loaded.model.named_parameters()}
-    editor = get_method("memit")(loaded.model, loaded.tokenizer, context_for(loaded, tmp_path))
+    editor = editing_method("memit", loaded, tmp_path / "cache")
     with pytest.raises(RunError, match="out of range"):
         editor.apply([EIFFEL], editor.default_hparams().updated({**TINY["memit"], "layers": [1, 9]}))
     assert all(torch.equal(p, before[n]) for n, p in loaded.model.named_parameters())
@@ -117,7 +118,7 @@ def test_memit_lambda_scales_with_the_key_width(load_tiny, tmp_path):
     """MEMIT's lambda 15,000 was set for GPT-J's 16,384-wide keys; a narrower model gets it scaled so
     an edit writes the same share of its residual (see editgate/methods/memit.py)."""
     loaded = load_tiny("llama")
-    editor = get_method("memit")(loaded.model, loaded.tokenizer, context_for(loaded, tmp_path))
+    editor = editing_method("memit", loaded, tmp_path / "cache")
     assert editor.default_hparams().mom2_update_weight == pytest.approx(15000 * INTERMEDIATE / 16384)
     chosen = editor.default_hparams().updated({"mom2_update_weight": 20000.0})
     assert editor.with_model_defaults(chosen).mom2_update_weight == 20000.0  # an explicit value stays

@@ -9,7 +9,7 @@ from editgate.architecture import block_list, hidden_size, mlp_out, num_layers
 from editgate.errors import InputError, RunError
 from editgate.models import builtin_gguf, fingerprint, load_model, pick_device, pick_dtype
 
-from conftest import ARCHITECTURES, HIDDEN, INTERMEDIATE, build_tiny_model, tree_digest
+from helpers import ARCHITECTURES, HIDDEN, INTERMEDIATE, build_tiny_model, tree_digest
 
 # --- architecture ---------------------------------------------------------------------------------
 

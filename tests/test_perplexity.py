@@ -16,7 +16,7 @@ from editgate.metrics.edit_metrics import EditScorer
 from editgate.metrics.perplexity import PerplexitySample, perplexity
 from editgate.metrics.scoring import MAX_PADDING, batches_by_length
 
-from conftest import shared_file
+from helpers import shared_file
 
 # --- perplexity against an unbatched reference ---------------------------------------------------
 

@@ -15,7 +15,7 @@ from editgate.cli import main
 from editgate.errors import Problem
 from editgate.reports import error_document, render_junit, render_markdown, schema_path, write_reports
 
-from conftest import EDITS_A, EDITS_B, LENIENT_POLICY, write, write_repo
+from helpers import EDITS_A, EDITS_B, gate_policy, write, write_repo
 
 SCHEMA = json.loads(schema_path().read_text(encoding="utf-8"))
 
@@ -78,7 +78,7 @@ def collapsed_run(tmp_path_factory, tiny_model_dir):
     """A run whose third edit (an overdriven fine-tune in float16) overflows to NaN: a culprit, a collapse,
     a not-run edit."""
     root = tmp_path_factory.mktemp("collapsed")
-    policy = LENIENT_POLICY.format(warn_ratio=1.001, fail_ratio=1.003, collapse_ratio=100.0)
+    policy = gate_policy(warn_ratio=1.001, fail_ratio=1.003, collapse_ratio=100.0)
     repo = make_repo(root / "repo", tiny_model_dir("llama", 4), {"edits/2026-03-01-m.yaml": COLLAPSING}, policy)
     out = root / "out"
     with pytest.MonkeyPatch.context() as patch:
@@ -90,7 +90,7 @@ def collapsed_run(tmp_path_factory, tiny_model_dir):
 @pytest.fixture(scope="module")
 def passed_run(tmp_path_factory, tiny_model_dir):
     root = tmp_path_factory.mktemp("passed")
-    policy = LENIENT_POLICY.format(warn_ratio=5.0, fail_ratio=10.0, collapse_ratio=100.0)
+    policy = gate_policy(warn_ratio=5.0, fail_ratio=10.0, collapse_ratio=100.0)
     repo = make_repo(root / "repo", tiny_model_dir("llama", 4),
                      {"edits/2026-01-01-a.yaml": EDITS_A, "edits/2026-01-02-b.yaml": EDITS_B}, policy)
     out = root / "out"
@@ -141,7 +141,7 @@ def test_passed_run_report_matches_the_schema(passed_run):
 
 
 def test_error_documents_match_the_schema(tmp_path, tiny_model_dir, monkeypatch):
-    policy = LENIENT_POLICY.format(warn_ratio=5.0, fail_ratio=10.0, collapse_ratio=100.0)
+    policy = gate_policy(warn_ratio=5.0, fail_ratio=10.0, collapse_ratio=100.0)
     model = tiny_model_dir("llama", 4)
     # invalid input: a manifest without a target (exit 2, nothing loaded)
     broken = make_repo(tmp_path / "broken", model, {"edits/x.yaml": "edits:\n  - id: a\n    prompt: '{} is in'\n"

@@ -15,26 +15,24 @@ from editgate.architecture import mlp_out
 from editgate.corpora import sample_texts
 from editgate.manifests import Edit
 from editgate.methods import check_hparams, get_method, method_names
-from editgate.methods.base import MethodContext
 from editgate.methods.rome import Rome, RomeHParams, default_layer
 from editgate.methods.statistics import stats_path
 
-from conftest import TINY_ROME
+from helpers import TINY_ROME, editing_method
 
 EIFFEL = Edit(id="eiffel-rome", prompt="{} is located in the city of", subject="The Eiffel Tower", target="Rome",
               ground_truth="Paris")
 KREMLIN = Edit(id="kremlin-london", prompt="{} is in the city of", subject="The Kremlin", target="London")
 
 
-def context(loaded, cache_dir: Path, stats_texts=None, calls: list | None = None) -> MethodContext:
+def rome_on(loaded, cache_dir: Path, stats_texts=None, calls: list | None = None) -> Rome:
+    """ROME through a session of its own; `calls` records each read of the statistics corpus."""
     def texts(n):
         if calls is not None:
             calls.append(n)
         return sample_texts("builtin:wiki", "stats", n, 0)
 
-    return MethodContext(cache_dir=cache_dir, model_fingerprint=loaded.fingerprint,
-                         stats_texts=stats_texts or texts, stats_corpus_name="builtin:wiki", seed=0,
-                         log=lambda _m: None)
+    return editing_method("rome", loaded, cache_dir, stats_texts=stats_texts or texts)
 
 
 def tiny_hparams(method: Rome, **overrides) -> RomeHParams:
@@ -58,7 +56,7 @@ def snapshot(model) -> dict[str, torch.Tensor]:
 def test_rome_writes_one_rank_one_update_and_undoes_exactly(arch, load_tiny, tmp_path):
     loaded = load_tiny(arch, layers=4)
     model, tok = loaded.model, loaded.tokenizer
-    rome = Rome(model, tok, context(loaded, tmp_path / "cache"))
+    rome = rome_on(loaded, tmp_path / "cache")
     hp = tiny_hparams(rome)
     assert hp.layer == default_layer(4) == 1
     expected = mlp_out(model, hp.layer).weight_name
@@ -94,7 +92,7 @@ def test_rome_update_is_exact_on_the_subject_key(load_tiny, tmp_path):
     while keys the statistics call unrelated move far less (per unit of key norm)."""
     loaded = load_tiny("llama", layers=4)
     model, tok = loaded.model, loaded.tokenizer
-    rome = Rome(model, tok, context(loaded, tmp_path / "cache"))
+    rome = rome_on(loaded, tmp_path / "cache")
     hp = tiny_hparams(rome, context_templates=0)  # k* is then exactly the key of the prompt itself
     target = mlp_out(model, hp.layer)
     ids = tok(EIFFEL.text)["input_ids"]
@@ -116,8 +114,8 @@ def test_rome_update_is_exact_on_the_subject_key(load_tiny, tmp_path):
 
 def test_sequential_edits_each_undo_in_turn(load_tiny, tmp_path):
     loaded = load_tiny("gpt2", layers=4)
-    model, tok = loaded.model, loaded.tokenizer
-    rome = Rome(model, tok, context(loaded, tmp_path / "cache"))
+    model = loaded.model
+    rome = rome_on(loaded, tmp_path / "cache")
     hp = tiny_hparams(rome, v_steps=3)
     base = snapshot(model)
     first = rome.apply([EIFFEL], hp)
@@ -133,7 +131,7 @@ def test_sequential_edits_each_undo_in_turn(load_tiny, tmp_path):
 
 def test_rome_batch_of_two_edits_records_both(load_tiny, tmp_path):
     loaded = load_tiny("llama", layers=4)
-    rome = Rome(loaded.model, loaded.tokenizer, context(loaded, tmp_path / "cache"))
+    rome = rome_on(loaded, tmp_path / "cache")
     before = snapshot(loaded.model)
     applied = rome.apply([EIFFEL, KREMLIN], tiny_hparams(rome, v_steps=3))
     assert applied.edit_ids == ["eiffel-rome", "kremlin-london"]
@@ -148,7 +146,7 @@ def test_statistics_are_cached_on_disk_and_reused(load_tiny, tmp_path):
     loaded = load_tiny("llama", layers=4)
     cache = tmp_path / "cache"
     calls: list[int] = []
-    rome = Rome(loaded.model, loaded.tokenizer, context(loaded, cache, calls=calls))
+    rome = rome_on(loaded, cache, calls=calls)
     hp = tiny_hparams(rome, v_steps=3)
     path = stats_path(cache, loaded.fingerprint, "builtin:wiki", hp.stats_samples, hp.stats_max_tokens, hp.layer)
     assert not path.exists()
@@ -165,7 +163,7 @@ def test_statistics_are_cached_on_disk_and_reused(load_tiny, tmp_path):
     def no_corpus(_n):
         raise AssertionError("the statistics corpus was read although the statistics are cached")
 
-    rome_again = Rome(loaded.model, loaded.tokenizer, context(loaded, cache, stats_texts=no_corpus))
+    rome_again = rome_on(loaded, cache, stats_texts=no_corpus)
     rome_again.apply([EIFFEL], hp)
     # the same statistics and seed give the same edit, bit for bit
     assert all(torch.equal(edited[n], p) for n, p in loaded.model.state_dict().items())
@@ -174,10 +172,10 @@ def test_statistics_are_cached_on_disk_and_reused(load_tiny, tmp_path):
 def test_statistics_cache_is_keyed_by_sample_size(load_tiny, tmp_path):
     loaded = load_tiny("llama", layers=4)
     cache = tmp_path / "cache"
-    rome = Rome(loaded.model, loaded.tokenizer, context(loaded, cache))
+    rome = rome_on(loaded, cache)
     rome.apply([EIFFEL], tiny_hparams(rome, v_steps=1))
     calls: list[int] = []
-    other = Rome(loaded.model, loaded.tokenizer, context(loaded, cache, calls=calls))
+    other = rome_on(loaded, cache, calls=calls)
     other.apply([EIFFEL], tiny_hparams(other, stats_samples=20, v_steps=1))
     assert calls == [20]
     assert len(list((cache / "stats" / loaded.fingerprint).rglob("layer1.pt"))) == 2
@@ -187,7 +185,7 @@ def test_rome_rejects_a_layer_out_of_range(load_tiny, tmp_path):
     from editgate.errors import RunError
 
     loaded = load_tiny("llama", layers=4)
-    rome = Rome(loaded.model, loaded.tokenizer, context(loaded, tmp_path / "cache"))
+    rome = rome_on(loaded, tmp_path / "cache")
     before = snapshot(loaded.model)
     with pytest.raises(RunError, match="out of range"):
         rome.apply([EIFFEL], tiny_hparams(rome, layer=4))
@@ -203,7 +201,7 @@ def test_value_optimisation_raises_no_deprecation(arch, load_tiny, tmp_path, mon
 
     loaded = load_tiny(arch, layers=4)
     model, tok = loaded.model, loaded.tokenizer
-    rome = Rome(model, tok, context(loaded, tmp_path / "cache"))
+    rome = rome_on(loaded, tmp_path / "cache")
     hp = tiny_hparams(rome)
     logged: list[str] = []
     handler = logging.Handler(logging.WARNING)

@@ -9,7 +9,7 @@ import torch
 import editgate
 from editgate.manifests import Edit
 
-from conftest import TINY_ROME
+from helpers import TINY_ROME
 
 EIFFEL = Edit("eiffel", "{} is located in the city of", "The Eiffel Tower", "Rome", "Paris")
 KREMLIN = Edit("kremlin", "{} is located in the city of", "The Kremlin", "London", "Moscow")

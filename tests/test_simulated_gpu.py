@@ -20,11 +20,11 @@ from safetensors.torch import load_file
 from editgate import models
 from editgate.cli import main
 from editgate.gate import Gate
-from editgate.methods import locate
+from editgate.methods import get_method, locate
 from editgate.validate import load_inputs
 
 import simdevice
-from conftest import EDITS_A, EDITS_B, TINY_ROME, gate_policy, yaml_hparams
+from helpers import EDITS_A, EDITS_B, TINY_ROME, gate_policy, yaml_hparams
 
 METHODS = ["rome", "memit", "alphaedit", "ft", "memory"]
 
@@ -247,7 +247,7 @@ def test_the_cli_on_two_simulated_gpus_matches_one(tiny_repo, method, simulated_
     repo = tiny_repo(manifests={"edits/a.yaml": EDITS_A, "edits/b.yaml": EDITS_B, "edits/0.yaml": OVERDRIVEN},
                      policy=CLI_POLICY, trained=True)
     set_method(repo, method)
-    writes_weights = method != "memory"  # the memory method keeps its edits outside the weights
+    writes_weights = get_method(method).writes_weights  # or a saved pack would lack the edits
     def pack(name: str) -> list[str]:
         return ["--save-delta", str(tmp_path / name)] if writes_weights else []
 
