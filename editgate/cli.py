@@ -246,7 +246,7 @@ def report(report: Path, fmt: str) -> None:
     """Render a saved report.json again (to stdout): Markdown, JUnit XML, HTML or the JSON itself."""
     import json
 
-    from editgate.reports import render_junit, render_markdown
+    from editgate.reports import render_json, render_junit, render_markdown
     from editgate.reports.html import render_html
 
     try:
@@ -271,7 +271,7 @@ def report(report: Path, fmt: str) -> None:
         elif fmt == "html":
             text = render_html(document, report.parent / "perplexity.png")
         else:
-            text = json.dumps(document, indent=2)
+            text = render_json(document)
     except (KeyError, TypeError, AttributeError, ValueError, RecursionError) as error:
         echo(f"{report}: malformed report.json ({type(error).__name__}: {error})", err=True)
         sys.exit(EXIT_INVALID)

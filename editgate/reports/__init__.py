@@ -16,8 +16,8 @@ from editgate.reports.document import SCHEMA_VERSION, build_document, error_docu
 from editgate.reports.junit import render_junit
 from editgate.reports.markdown import render_markdown
 
-__all__ = ["SCHEMA_VERSION", "build_document", "error_document", "partial_document", "render_markdown", "render_junit",
-           "write_reports", "write_atomic", "schema_path"]
+__all__ = ["SCHEMA_VERSION", "build_document", "error_document", "partial_document", "render_json", "render_markdown",
+           "render_junit", "write_reports", "write_atomic", "schema_path"]
 
 
 def schema_path() -> Path:
@@ -25,11 +25,16 @@ def schema_path() -> Path:
     return Path(__file__).resolve().parent.parent / "schema" / "report.schema.json"
 
 
+def render_json(document: dict) -> str:
+    """report.json's text (infinite ratios stay `Infinity`, as Python's json writes and reads them)."""
+    return json.dumps(document, indent=2, allow_nan=True, default=str)
+
+
 def write_reports(document: dict, out_dir: Path, log: Callable[[str], None] | None = None) -> list[Path]:
     """report.json, report.md, junit.xml and (with matplotlib, when there is a curve) perplexity.png."""
     out_dir = Path(out_dir)
     written = []
-    for name, render in (("report.json", lambda d: json.dumps(d, indent=2, allow_nan=True, default=str)),
+    for name, render in (("report.json", render_json),
                          ("report.md", render_markdown), ("junit.xml", render_junit)):
         write_atomic(out_dir / name, render(document))
         written.append(out_dir / name)
