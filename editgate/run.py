@@ -12,7 +12,6 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable
 
-import editgate
 from editgate.errors import InputError
 from editgate.interrupt import Interrupted
 
@@ -52,7 +51,7 @@ def run_gate(repo: Path | str, policy_override: str | None = None, overrides: di
         gate = Gate(config, policy, edits, loaded, log=log, use_cache=options.use_cache)
         result = gate.run(confirm=options.confirm)
         artifacts = _save_outputs(gate, config, result.verdict, options, log)
-        artifacts.update(_save_artifacts(gate, options, log))
+        artifacts.update(_save_artifacts(gate, options))
         code = EXIT_PASSED if result.verdict == "passed" else EXIT_FAILED
         return build_document(result, policy, code, new=context["new"], repository=context["repository"],
                               base_ref=context["base_ref"], artifacts=artifacts), code
@@ -167,40 +166,25 @@ def _check_out(out: Path) -> None:
                          "name a directory editgate can create and write") from None
 
 
-def _save_artifacts(gate, options: RunOptions, log: Callable[[str], None]) -> dict[str, Any]:
+def _save_artifacts(gate, options: RunOptions) -> dict[str, Any]:
     """What each method keeps outside the weights (the memory method's memory.json), beside the reports."""
     if options.out is None:
         return {}
-    artifacts: dict[str, Any] = {}
-    for name, method in gate.session.methods.items():
-        edits = [r.edit for r in gate.records if r.method == name]
-        artifacts.update(method.save_artifacts(Path(options.out), gate.check_texts, edits, log))
-    return artifacts
+    return gate.session.save_artifacts(Path(options.out), gate.check_texts, [r.edit for r in gate.records])
 
 
 def _save_outputs(gate, config, verdict: str, options: RunOptions, log: Callable[[str], None]) -> dict[str, Any]:
     """Write the edited model and/or the edit pack; what was written goes into the report."""
-    from editgate import export
-    from editgate.errors import RunError
-
     artifacts: dict[str, Any] = {}
-    if options.save_model is None and options.save_delta is None:
-        return artifacts
-    loaded, session = gate.loaded, gate.session
-    if session.wraps_model():
-        raise RunError("an edit wrapped the model instead of changing its weights; nothing can be saved")
-    applied, edit_ids = list(session.applied), session.edit_ids()
+    session = gate.session
     if options.save_delta is not None:
-        metadata = export.save_delta(options.save_delta, loaded.model, applied, fingerprint=loaded.fingerprint,
-                                     model_spec=config.model, dtype=loaded.dtype, edit_ids=edit_ids)
+        metadata = session.save_delta(options.save_delta, config.model)
         artifacts["delta"] = str(options.save_delta)
         artifacts["delta_parameters"] = len(metadata["parameters"])
         log(f"edit pack: {len(metadata['parameters'])} changed tensor(s) in {options.save_delta}")
     if options.save_model is not None:
         log(f"saving the edited model into {options.save_model}")
-        export.save_model(options.save_model, loaded.model, loaded.tokenizer, {
-            "base_model": config.model, "base_fingerprint": loaded.fingerprint, "edits": edit_ids,
-            "verdict": verdict, "editgate": editgate.__version__})
+        session.save_model(options.save_model, {"base_model": config.model, "verdict": verdict})
         artifacts["model"] = str(options.save_model)
     return artifacts
 

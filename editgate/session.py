@@ -14,7 +14,10 @@ from typing import Any, Callable
 
 import torch
 
+import editgate
+from editgate import export
 from editgate.corpora import sample_texts
+from editgate.errors import RunError
 from editgate.manifests import Edit
 from editgate.methods import AppliedEdit, get_method
 from editgate.methods.base import EditMethod, MethodContext
@@ -91,3 +94,33 @@ class EditSession:
     def wraps_model(self) -> bool:
         """Whether some edits live outside the weights (a saved model or edit pack would lack them)."""
         return self.model is not self.loaded.model
+
+    # -- saving ---------------------------------------------------------------------------------------
+
+    def save_delta(self, path: Path | str, model_spec: str) -> dict[str, Any]:
+        """The applied edits as an edit pack over the base model (`editgate apply-delta`); its metadata."""
+        self._refuse_wrapped()
+        loaded = self.loaded
+        return export.save_delta(Path(path), loaded.model, list(self.applied), fingerprint=loaded.fingerprint,
+                                 model_spec=model_spec, dtype=loaded.dtype, edit_ids=self.edit_ids())
+
+    def save_model(self, path: Path | str, info: dict[str, Any]) -> None:
+        """The edited model, tokenizer and config (safetensors), with `info` in its editgate marker file."""
+        self._refuse_wrapped()
+        loaded = self.loaded
+        export.save_model(Path(path), loaded.model, loaded.tokenizer, {
+            "base_fingerprint": loaded.fingerprint, "edits": self.edit_ids(), "editgate": editgate.__version__,
+            **info})
+
+    def save_artifacts(self, out_dir: Path | str, check_texts: list[str], edits: list[Edit]) -> dict[str, Any]:
+        """What each method keeps outside the weights (the memory method's memory.json), into `out_dir`;
+        {report key: value}. `edits`: the run's edits, each given to its own method."""
+        artifacts: dict[str, Any] = {}
+        for name, method in self.methods.items():
+            own = [edit for edit in edits if self.method_of(edit) == name]
+            artifacts.update(method.save_artifacts(Path(out_dir), check_texts, own, self.log))
+        return artifacts
+
+    def _refuse_wrapped(self) -> None:
+        if self.wraps_model():
+            raise RunError("an edit wrapped the model instead of changing its weights; nothing can be saved")
