@@ -21,7 +21,6 @@ import time
 
 from _common import CACHE, counterfact_edits, load_embedded, machine, print_table, save_json
 
-SCORE_KEYS = ("efficacy", "generalization", "locality", "efficacy_cf", "generalization_cf")
 
 
 def main() -> None:
@@ -36,7 +35,7 @@ def main() -> None:
     from editgate import EditSession
     from editgate.corpora import sample_texts
     from editgate.methods.memory import routing_figures
-    from editgate.metrics.edit_metrics import EditScorer, mean_of
+    from editgate.metrics.edit_metrics import SCORE_KEYS, EditScorer, mean_of
     from editgate.metrics.perplexity import PerplexitySample, perplexity
 
     env = machine()
@@ -83,8 +82,8 @@ def main() -> None:
                          figures["false_positive_rate"], figures["paraphrase_accuracy"],
                          figures["paraphrase_accuracy_held_out"], figures["locality_false_positive_rate"]])
             print(f"  {encoder} {keys}: done", file=sys.stderr)
-    print_table(["encoder", "keys", "threshold", "ppl ratio", "efficacy", "generalization", "locality",
-                 "efficacy_cf", "generalization_cf", "wiki FP rate", "para acc", "para acc (held out)",
+    print_table(["encoder", "keys", "threshold", "ppl ratio", *SCORE_KEYS, "wiki FP rate", "para acc",
+                 "para acc (held out)",
                  "locality FP rate"], rows)
     path = save_json(args.out, {"machine": env, "base_perplexity": base_ppl, "results": results,
                                 "unedited": {k: mean_of([getattr(s, k) for s in unedited]) for k in SCORE_KEYS}})

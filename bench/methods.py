@@ -59,6 +59,8 @@ def run_one(method: str, n_edits: int) -> dict:
 
 
 def _sequence(method, session, edits, sample, base, scorer, mean_of, perplexity) -> dict:
+    from editgate.metrics.edit_metrics import SCORE_KEYS
+
     ratios, seconds = {}, []
     for i, edit in enumerate(edits, 1):
         start = time.perf_counter()
@@ -69,8 +71,7 @@ def _sequence(method, session, edits, sample, base, scorer, mean_of, perplexity)
             print(f"  [{method}] {i} edits: perplexity x{ratios[i]:.3f}, {sum(seconds) / i:.1f} s/edit",
                   file=sys.stderr)
     scores = scorer.score(session.model)
-    summary = {k: mean_of([getattr(s, k) for s in scores])
-               for k in ("efficacy", "generalization", "locality", "efficacy_cf", "generalization_cf")}
+    summary = {k: mean_of([getattr(s, k) for s in scores]) for k in SCORE_KEYS}
     return {"method": method, "edits": len(edits), "base_perplexity": base, "ratio_after": ratios,
             "seconds_per_edit": sum(seconds) / len(seconds), "seconds": seconds, **summary,
             "peak_rss_mib": peak_rss_mib()}
@@ -96,9 +97,10 @@ def main() -> None:
         results.append(json.loads(done.stdout.strip().splitlines()[-1]))
         save_json(args.out + ".partial", {"results": results})  # survive an interrupted run
     last = args.edits
-    headers = ["method", "efficacy", "generalization", "locality", "efficacy (CF)", "ppl ratio @10",
+    headers = ["method", "efficacy", "efficacy (teacher-forced)", "generalization", "locality", "efficacy (CF)",
+               "ppl ratio @10",
                f"ppl ratio @{last}", "s/edit", "peak RSS MiB", "routing FP rate", "paraphrase routing"]
-    rows = [[r["method"], r["efficacy"], r["generalization"], r["locality"], r["efficacy_cf"],
+    rows = [[r["method"], r["efficacy"], r.get("efficacy_tf"), r["generalization"], r["locality"], r["efficacy_cf"],
              r["ratio_after"].get("10"), r["ratio_after"].get(str(last)), r["seconds_per_edit"],
              round(r["peak_rss_mib"]), r.get("routing", {}).get("false_positive_rate"),
              r.get("routing", {}).get("paraphrase_accuracy_held_out")] for r in results]

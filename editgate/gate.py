@@ -28,7 +28,7 @@ from editgate.corpora import sample_texts
 from editgate.manifests import Edit
 from editgate.methods import AppliedEdit
 from editgate.metrics.check import CheckResult, PerplexityCheck
-from editgate.metrics.edit_metrics import DEFINITION, EditScorer, EditScores, mean_of
+from editgate.metrics.edit_metrics import DEFINITION, SCORE_KEYS, EditScorer, EditScores, mean_of
 from editgate.metrics.perplexity import PerplexityResult, PerplexitySample, perplexity
 from editgate.metrics.scoring import MAX_PADDING
 from editgate.models import LoadedModel
@@ -37,7 +37,6 @@ from editgate.session import EditSession
 from editgate.metrics.benchmarks import TaskResult, compare, load_suite
 
 PASS, WARN, FAIL, COLLAPSE = "pass", "warn", "fail", "collapse"
-SCORE_KEYS = ("efficacy", "generalization", "locality", "efficacy_cf", "generalization_cf")
 
 
 @dataclass

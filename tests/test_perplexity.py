@@ -13,6 +13,7 @@ from editgate.corpora import ROLE_BUCKETS, load_texts, sample_texts
 from editgate.errors import InputError
 from editgate.manifests import Edit, LocalityCheck
 from editgate.metrics.edit_metrics import EditScorer
+from editgate.metrics.generation import begins_with_answer, greedy_continuations
 from editgate.metrics.perplexity import PerplexitySample, perplexity
 from editgate.metrics.scoring import MAX_PADDING, batches_by_length
 
@@ -243,8 +244,10 @@ def test_edit_scorer_on_the_unedited_model(load_tiny):
         for value in (s.efficacy, s.generalization, s.locality, s.efficacy_cf, s.generalization_cf):
             assert value is None or 0.0 <= value <= 1.0
     first, second = scores
-    assert first.efficacy == 1.0  # the target is what the model already says
-    assert first.locality == 1.0  # nothing changed: every argmax agrees with the baseline
+    assert first.efficacy_tf == 1.0  # teacher-forced: the target token is the model's argmax
+    # generated: what the model continues with; the target token may be the start of a longer word
+    assert first.efficacy == float(begins_with_answer(first.generated, greedy))
+    assert first.locality == first.locality_tf == 1.0  # nothing changed: same answers, same argmax
     assert first.efficacy_cf == 1.0  # the greedy token beats an unlikely two-word "old answer"
     assert first.generalization is not None and first.generalization_cf is not None
     assert second.generalization is None and second.locality is None and second.efficacy_cf is None
@@ -256,11 +259,37 @@ def test_edit_scorer_on_the_unedited_model(load_tiny):
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.5)
     damaged = scorer.score(model)[0]
-    assert damaged.locality < 1.0
+    assert damaged.locality_tf < 1.0
+    assert damaged.locality < 1.0  # the generated answers to the locality prompts changed too
+
+
+def test_generated_efficacy_counts_what_the_model_says_as_a_word(load_tiny):
+    """The unedited model's own greedy first word is a target it says (efficacy 1); a target that is only
+    the first token of a longer word is not said, though teacher forcing scores it 1."""
+    loaded = load_tiny("llama", layers=2)
+    model, tok = loaded.model, loaded.tokenizer
+    own_word = partial_word = None
+    for subject in ("The Eiffel Tower", "The Kremlin", "Big Ben", "The Colosseum", "The Louvre", "The Prado",
+                    "The Alhambra", "The Acropolis", "The Hermitage", "The Vatican", "Mount Fuji", "The Nile"):
+        prompt = f"{subject} is located in the city of"
+        ids = tok(prompt)["input_ids"]
+        (continuation,) = greedy_continuations(model, tok, [ids], [8])
+        text = tok.decode(continuation, skip_special_tokens=True)
+        first = tok.decode(continuation[:1], skip_special_tokens=True).strip()
+        words = text.split()
+        if own_word is None and len(words) > 1 and words[0].isalpha() and begins_with_answer(text, words[0]):
+            own_word = Edit(id="own", prompt="{} is located in the city of", subject=subject, target=words[0])
+        if partial_word is None and first.isalpha() and words and words[0] != first:
+            partial_word = Edit(id="part", prompt="{} is located in the city of", subject=subject, target=first)
+    if own_word is None or partial_word is None:
+        pytest.fail("no prompt with a whole first word, or none whose first token starts a longer word")
+    own, part = EditScorer(model, tok, [own_word, partial_word]).score(model)
+    assert own.efficacy == 1.0
+    assert part.efficacy == 0.0 and part.efficacy_tf == 1.0 and part.generated.startswith(partial_word.target)
 
 
 def test_edit_metrics_definition_is_stated():
     from editgate.metrics.edit_metrics import DEFINITION
 
-    assert "EasyEdit" in DEFINITION and "CounterFact" in DEFINITION
+    assert "EasyEdit" in DEFINITION and "CounterFact" in DEFINITION and "generation" in DEFINITION
 

@@ -60,9 +60,10 @@ def _summary(doc: dict[str, Any]) -> str:
     text = (f"Model <code>{escape(str(env.get('model')))}</code> ({escape(str(env.get('dtype')))} on "
             f"{escape(str(env.get('device')))}), {len(doc['edits'])} edits, baseline perplexity "
             f"{escape(_fmt(base.get('perplexity')))}; thresholds warn x{pp.get('warn_ratio')}, "
-            f"fail x{pp.get('fail_ratio')}, collapse x{pp.get('collapse_ratio')}. Edit metrics: efficacy "
-            f"{_pct(metrics.get('efficacy'))}, generalization {_pct(metrics.get('generalization'))}, "
-            f"locality {_pct(metrics.get('locality'))}.")
+            f"fail x{pp.get('fail_ratio')}, collapse x{pp.get('collapse_ratio')}. Edit metrics, as the model "
+            f"generates: efficacy {_pct(metrics.get('efficacy'))}, generalization "
+            f"{_pct(metrics.get('generalization'))}, locality {_pct(metrics.get('locality'))} (teacher-forced "
+            f"efficacy {_pct(metrics.get('efficacy_tf'))}).")
     base_ref = doc.get("base_ref")
     if base_ref:
         text += (f" {base_ref['new_edits']} edit(s) are new compared with <code>{escape(base_ref['ref'])}</code>"

@@ -62,8 +62,8 @@ def render_markdown(doc: dict[str, Any]) -> str:
                       + (", new in this change" if new else "")]
     if doc.get("error") and not doc.get("edits"):
         return "\n".join(lines) + "\n"
-    lines += ["", *_summary(doc), *_new_edits(doc), *_warnings(doc), "", *_edits_table(doc), "", *_curve(doc),
-              *_benchmarks(doc), *_confirmation(doc)]
+    lines += ["", *_summary(doc), *_new_edits(doc), *_warnings(doc), "", *_edits_table(doc), *_not_said(doc), "",
+              *_curve(doc), *_benchmarks(doc), *_confirmation(doc)]
     text = "\n".join(lines) + "\n"
     if len(text.encode()) > MAX_BYTES:
         text = text.encode()[: MAX_BYTES - 200].decode(errors="ignore")
@@ -120,10 +120,11 @@ def _summary(doc: dict[str, Any]) -> list[str]:
         f"collapse x{policy.get('collapse_ratio')}.",
     ]
     if metrics:
-        out.append(f"Edit metrics: efficacy {_pct(metrics.get('efficacy'))}, generalization "
-                   f"{_pct(metrics.get('generalization'))}, locality {_pct(metrics.get('locality'))} "
-                   f"(CounterFact: efficacy {_pct(metrics.get('efficacy_cf'))}, generalization "
-                   f"{_pct(metrics.get('generalization_cf'))}). _{metrics.get('definition', '')}_")
+        out.append(f"Edit metrics, as the model generates: efficacy {_pct(metrics.get('efficacy'))}, "
+                   f"generalization {_pct(metrics.get('generalization'))}, locality {_pct(metrics.get('locality'))} "
+                   f"(teacher-forced: {_pct(metrics.get('efficacy_tf'))}, {_pct(metrics.get('generalization_tf'))}, "
+                   f"{_pct(metrics.get('locality_tf'))}; CounterFact: efficacy {_pct(metrics.get('efficacy_cf'))}, "
+                   f"generalization {_pct(metrics.get('generalization_cf'))}). _{metrics.get('definition', '')}_")
     return out
 
 
@@ -160,6 +161,25 @@ def _edits_table(doc: dict[str, Any]) -> list[str]:
     if early:
         out += ["", f"≈: {len(early)} check(s) stopped once part of the sample settled the status "
                     "(estimate, range of ±4 standard errors; policy `perplexity.early_stop`)."]
+    return out
+
+
+MAX_LISTED_NOT_SAID = 20
+
+
+def _not_said(doc: dict[str, Any]) -> list[str]:
+    """Edits whose prompt the edited model does not continue with the target: what it said instead."""
+    missed = [e for e in doc.get("edits", []) if (e.get("metrics") or {}).get("efficacy", 1.0) < 1.0]
+    if not missed:
+        return []
+    out = ["", f"**Not said by the edited model** ({len(missed)} edit(s)): the prompt, the target, and what the "
+               "model generated instead (greedy)."]
+    for e in missed[:MAX_LISTED_NOT_SAID]:
+        said = (e["metrics"].get("generated") or "").strip()
+        out.append(f"- {_code(e['id'])}: {_code(e['prompt'])} → expected {_code(e['target'])}, "
+                   f"generated {_code(said) if said else '(nothing)'}")
+    if len(missed) > MAX_LISTED_NOT_SAID:
+        out.append(f"- and {len(missed) - MAX_LISTED_NOT_SAID} more (report.json has every edit)")
     return out
 
 
