@@ -92,8 +92,7 @@ class EditScorer:
         self.sequences = [s for s, _ in encoded]
         self.starts = [start for _, start in encoded]
         self.base = self._base_scores(model, cache)  # the unedited model: locality compares against it
-        self.prompts = [_Query(q.edit, q.role, q.context, q.answer) for q in self.queries
-                        if q.role in ("efficacy", "generalization", "locality")]
+        self.prompts = [q for q in self.queries if q.role in ("efficacy", "generalization", "locality")]
         self.prompt_ids = [tokenizer(q.context)["input_ids"] for q in self.prompts]
         self.budgets = [len(_answer_ids(tokenizer, q.answer)) + (0 if q.role == "locality" else EXTRA_TOKENS)
                         for q in self.prompts]
