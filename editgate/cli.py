@@ -98,7 +98,10 @@ def validate(paths: tuple[Path, ...]) -> None:
         summary = validate_paths(list(paths) or [Path(".")])
     except InputError as error:
         _fail_input(error)
-    echo(f"ok: {summary.edit_count} edits valid")
+    for warning in summary.warnings:
+        echo(f"warning: {warning}", err=True)
+    shown = f" ({len(summary.warnings)} warning(s): edits that contradict each other)" if summary.warnings else ""
+    echo(f"ok: {summary.edit_count} edits valid{shown}")
 
 
 @main.command()
@@ -117,6 +120,8 @@ def validate(paths: tuple[Path, ...]) -> None:
               help="Also save the edited model (safetensors, tokenizer, config) into DIR.")
 @click.option("--save-delta", type=click.Path(path_type=Path, dir_okay=False), metavar="FILE",
               help="Also save only the changed tensors as an edit pack (see `editgate apply-delta`).")
+@click.option("--no-edit-pack", is_flag=True,
+              help="Do not keep an edit pack of the written weights in --out (it holds each written matrix).")
 @click.option("--confirm", is_flag=True,
               help="On failure, re-run without the culprit and report whether the rest passes.")
 @click.option("--no-cache", is_flag=True,
@@ -124,14 +129,14 @@ def validate(paths: tuple[Path, ...]) -> None:
 @click.option("--quiet", is_flag=True, help="No progress on stderr.")
 @_runner_options
 def run(repo: Path, policy: str | None, model: str | None, device: str | None, dtype: str | None,
-        out: Path, base_ref: str | None, save_model: Path | None, save_delta: Path | None, confirm: bool,
-        no_cache: bool, quiet: bool, cache_dir: Path | None, trust_remote_code: bool | None) -> None:
+        out: Path, base_ref: str | None, save_model: Path | None, save_delta: Path | None, no_edit_pack: bool,
+        confirm: bool, no_cache: bool, quiet: bool, cache_dir: Path | None, trust_remote_code: bool | None) -> None:
     """Apply every edit in order, check the model after each, and gate on the policy."""
     from editgate.reports import github
 
     log = Progress(quiet)
     options = RunOptions(base_ref=base_ref, save_model=save_model, save_delta=save_delta, confirm=confirm, out=out,
-                         use_cache=not no_cache)
+                         use_cache=not no_cache, edit_pack=not no_edit_pack)
     overrides = {"model": _operator_model(model), "device": device, "dtype": dtype,
                  "cache_dir": None if cache_dir is None else str(cache_dir.absolute()),
                  "trust_remote_code": trust_remote_code or None}
@@ -292,6 +297,39 @@ def init(directory: Path, force: bool) -> None:
     for path in written:
         echo(f"created {path}")
     echo(f"next: editgate validate {directory}  (then: editgate run --repo {directory})")
+
+
+@main.command()
+@click.argument("prompts", nargs=-1)
+@click.option("--from", "source", type=click.Path(path_type=Path), default=Path("editgate-report"),
+              show_default=True, help="A run's report directory, an edit pack, a saved model directory or a "
+                                      "memory.json.")
+@click.option("--model", help="The base model, when the result does not record it (or it has moved).")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N, multi or auto.")
+@click.option("--max-new-tokens", type=click.IntRange(1, 512), default=16, show_default=True,
+              help="Tokens generated after each PROMPT (an edit's prompt: its target's length plus two, as the "
+                   "gate measures).")
+@click.option("--quiet", is_flag=True, help="No progress on stderr.")
+@_runner_options
+def generate(prompts: tuple[str, ...], source: Path, model: str | None, device: str, max_new_tokens: int,
+             quiet: bool, cache_dir: Path | None, trust_remote_code: bool) -> None:
+    """Print what the edited model answers next to the unedited model's: each PROMPT, or else every edit's
+    prompt. The edits are loaded as the run left them: an edit pack, saved weights, or a memory."""
+    from editgate import results
+    from editgate.config import runner_cache_dir, runner_trusts_remote_code
+
+    log = Progress(quiet)
+    saved = results.locate(source)
+    asked = results.questions(saved, list(prompts), max_new_tokens)
+    quiet_libraries()
+    session = results.open_base(saved, model=_operator_model(model), device=device,
+                                cache_dir=cache_dir or runner_cache_dir(),
+                                trust_remote_code=trust_remote_code or runner_trusts_remote_code(), log=log)
+    before = results.answers(session, asked)
+    results.apply_result(session, saved)
+    after = results.answers(session, asked)
+    for question, unedited, edited in zip(asked, before, after):
+        echo(results.describe(question, unedited, edited))
 
 
 @main.command("apply-delta")

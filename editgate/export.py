@@ -120,28 +120,32 @@ def save_delta(path: Path, model: torch.nn.Module, applied: Iterable[Any], *, fi
     return metadata
 
 
-def read_pack(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """The tensors and metadata of an edit pack; InputError when the file is not one."""
+def read_pack(path: Path, shown: str = "--delta") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The tensors and metadata of an edit pack; InputError (naming it after `shown`, the option that
+    named it) when the file is not one."""
     from safetensors import safe_open
     from safetensors.torch import load_file
 
     path = Path(path)
+    label = f"{shown} {path}" if shown else str(path)
     if not path.is_file():
-        raise InputError(f"--delta {path}: no such file")
+        raise InputError(f"{label}: no such file")
     try:
         with safe_open(str(path), framework="pt") as handle:
             raw = (handle.metadata() or {}).get("editgate")
         metadata = json.loads(raw) if raw else None
         tensors = load_file(str(path))
     except Exception as error:  # safetensors raises its own error types for foreign files
-        raise InputError(f"--delta {path}: not a safetensors file ({error})") from None
+        raise InputError(f"{label}: not a safetensors file ({error})") from None
     if not isinstance(metadata, dict) or metadata.get("format") != PACK_FORMAT:
-        raise InputError(f"--delta {path}: not an editgate edit pack (no '{PACK_FORMAT}' metadata)")
+        raise InputError(f"{label}: not an editgate edit pack (no '{PACK_FORMAT}' metadata)")
     return tensors, metadata
 
 
-def apply_pack(model: torch.nn.Module, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> list[str]:
-    """Apply an edit pack to the base model in place; returns the parameters it wrote.
+def pack_weights(model: torch.nn.Module, tensors: dict[str, torch.Tensor],
+                 metadata: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The edited value of every parameter an edit pack changes, computed over `model`'s weights
+    (which it does not write).
 
     Raises InputError when the model is not the pack's base (names, shapes, dtypes or base bytes
     differ) and RunError when a result does not hash to the edited weights (a corrupted pack).
@@ -161,22 +165,55 @@ def apply_pack(model: torch.nn.Module, tensors: dict[str, torch.Tensor], metadat
     if problems:
         raise InputError([f"the edit pack was made for {metadata.get('base_model')} "
                           f"(fingerprint {metadata.get('base_fingerprint')}): {p}" for p in problems])
+    edited_weights = {}
+    for name, info in plan.items():
+        param = params[name]
+        edited = _apply_delta(param.detach().cpu(), tensors[_DELTA.format(name)]).reshape(-1).clone()
+        if _FIX_INDEX.format(name) in tensors:
+            edited[tensors[_FIX_INDEX.format(name)]] = tensors[_FIX_VALUE.format(name)].to(edited.dtype)
+        edited = edited.reshape(param.shape)
+        if _bytes_digest(edited) != info["edited_sha256"]:
+            raise RunError(f"applying the pack to {name} did not reproduce the edited weights; the pack is damaged")
+        edited_weights[name] = edited
+    return edited_weights
+
+
+def apply_pack(model: torch.nn.Module, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> list[str]:
+    """Apply an edit pack to the base model in place (see `pack_weights`); returns the parameters it wrote."""
+    edited = pack_weights(model, tensors, metadata)
+    params = dict(model.named_parameters())
     with torch.no_grad():
-        for name, info in plan.items():
-            param = params[name]
-            base = param.detach().cpu()
-            edited = _apply_delta(base, tensors[_DELTA.format(name)]).reshape(-1).clone()
-            if _FIX_INDEX.format(name) in tensors:
-                edited[tensors[_FIX_INDEX.format(name)]] = tensors[_FIX_VALUE.format(name)].to(edited.dtype)
-            edited = edited.reshape(param.shape)
-            if _bytes_digest(edited) != info["edited_sha256"]:
-                raise RunError(f"applying the pack to {name} did not reproduce the edited weights; "
-                               "the pack is damaged")
-            param.copy_(edited.to(param.device))
-    return list(plan)
+        for name, value in edited.items():
+            params[name].copy_(value.to(params[name].device))
+    return list(edited)
 
 
 # --- whole models -----------------------------------------------------------------------------------
+
+
+def saved_weights(directory: Path, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The parameters of a model saved in `directory` (safetensors) whose bytes differ from `model`'s:
+    the edits, to write into a loaded base model. InputError when the saved model is not of its shape."""
+    from safetensors import safe_open
+
+    files = sorted(Path(directory).glob("*.safetensors"))
+    if not files:
+        raise InputError(f"{directory}: holds no safetensors weights")
+    params = dict(model.named_parameters())
+    changed: dict[str, torch.Tensor] = {}
+    for file in files:
+        with safe_open(str(file), framework="pt") as handle:
+            for name in handle.keys():
+                if name not in params:
+                    continue  # a tied weight saved under its other name, or a buffer
+                saved = handle.get_tensor(name)
+                base = params[name].detach().cpu()
+                if saved.shape != base.shape or saved.dtype != base.dtype:
+                    raise InputError(f"{directory}: {name} is {saved.dtype} {list(saved.shape)} there, "
+                                     f"{base.dtype} {list(base.shape)} in the base model; not saved from it")
+                if not bool(_bits_equal(saved, base).all()):
+                    changed[name] = saved
+    return changed
 
 
 def check_model_target(path: Path) -> None:

@@ -24,6 +24,7 @@ import torch
 import editgate
 from editgate.baseline import BaselineCache
 from editgate.config import Config
+from editgate.conflicts import describe, find_conflicts
 from editgate.corpora import sample_texts
 from editgate.manifests import Edit
 from editgate.methods import AppliedEdit
@@ -52,6 +53,7 @@ class EditRecord:
     method_info: dict[str, Any] = field(default_factory=dict)
     risk: list[str] = field(default_factory=list)  # why the update looked risky before any check
     scores: EditScores | None = None
+    locality_after_edit: float | None = None  # its locality prompts right after it was applied
     edit_seconds: float = 0.0
     check_seconds: float = 0.0
     found_by_bisection: bool = False
@@ -117,6 +119,7 @@ class Gate:
         self.suite = None
         self.baseline_benchmarks: dict = {}
         self.check_texts: list[str] = []
+        self.conflicts = find_conflicts(edits)  # prompts some edit changes on purpose (conflicts.py)
 
     # -- pieces -------------------------------------------------------------------------------
 
@@ -201,26 +204,25 @@ class Gate:
                                        self.log)
         self.prepare_benchmarks()
         scorer = EditScorer(self.loaded.model, self.loaded.tokenizer, self.edits,
-                            self.policy.perplexity.batch_tokens, cache=self.cache)
+                            self.policy.perplexity.batch_tokens, cache=self.cache, conflicts=self.conflicts)
         return sample, scorer
 
-    def run(self, confirm: bool = False) -> GateResult:
+    def run(self) -> GateResult:
+        """The whole sequence and its verdict; the session is left with the run's edits applied."""
         start = time.perf_counter()
         _, scorer = self.prepare()
         stopped = self.sequence(self.units(), scorer)
         if not stopped:
             self.checkpoint(scorer, final=True)
         self.timings["total_gate"] = time.perf_counter() - start
-        result = self.verdict(stopped)
-        if confirm and result.culprit is not None:
-            result.confirmation = self.confirm(result.culprit)
-        return result
+        return self.verdict(stopped)
 
     def sequence(self, units: list[list[int]], scorer: EditScorer) -> bool:
         """Apply `units` in order with checks; returns True when a collapse stopped the run."""
         window: list[list[int]] = []  # units applied since the last check
         for unit in units:
             self.apply(unit)
+            self.measure_locality_after(unit, scorer)
             window.append(unit)
             if not self.is_check_point(unit):
                 for i in unit:
@@ -249,6 +251,12 @@ class Gate:
             record.risk = self.risk(applied.info)
             record.status = "unchecked"
         return applied
+
+    def measure_locality_after(self, unit: list[int], scorer: EditScorer) -> None:
+        """Each edit's locality right after it (EasyEdit's sequential evaluation): bleed as it happened,
+        before later edits add theirs."""
+        for i, value in scorer.locality_after(self.model, unit).items():
+            self.records[i].locality_after_edit = value
 
     def risk(self, info: dict[str, Any]) -> list[str]:
         """Cheap warning signs of a parametric update, known before any check ("Fall of ROME")."""
@@ -324,7 +332,8 @@ class Gate:
         return point
 
     def confirm(self, culprit: EditRecord) -> dict[str, Any]:
-        """Re-run the sequence without the culprit (after undoing everything exactly): does the rest pass?"""
+        """Re-run the sequence without the culprit (after undoing everything exactly): does the rest pass?
+        The session is left without the culprit, so save what the run made before confirming."""
         self.log(f"confirming: re-running without {culprit.edit.id}")
         self.session.undo_to(0)
         skip = self.records.index(culprit)
@@ -362,8 +371,11 @@ class Gate:
         for record in records:
             if record.risk:
                 warnings.append(f"risky edit '{record.edit.id}' ({record.edit.where}): {'; '.join(record.risk)}")
+        warnings += [f"{self.edits[c.edit].where}: {describe(c, self.edits)}" for c in self.conflicts]
         self._benchmark_verdict(reasons, warnings)
         summary = dict(self.checkpoints[-1].edit_metrics) if self.checkpoints and not stopped else {}
+        if summary:
+            summary["locality_after_edit"] = mean_of([r.locality_after_edit for r in records])
         ep = self.policy.edits
         for key, minimum in (("efficacy", ep.min_efficacy), ("generalization", ep.min_generalization),
                              ("locality", ep.min_locality)):

@@ -25,7 +25,8 @@ class RunOptions:
     save_delta: Path | None = None
     confirm: bool = False
     use_cache: bool = True
-    out: Path | None = None  # the report directory: memory.json goes beside the reports
+    out: Path | None = None  # the report directory: the run's result (edit pack, memory.json) goes beside the reports
+    edit_pack: bool = True  # keep an edit pack of the written weights in `out`
 
 
 def run_gate(repo: Path | str, policy_override: str | None = None, overrides: dict[str, Any] | None = None,
@@ -49,9 +50,11 @@ def run_gate(repo: Path | str, policy_override: str | None = None, overrides: di
 
         loaded = load_for_gate(config, edits, log)
         gate = Gate(config, policy, edits, loaded, log=log, use_cache=options.use_cache)
-        result = gate.run(confirm=options.confirm)
+        result = gate.run()
         artifacts = _save_outputs(gate, config, result.verdict, options, log)
-        artifacts.update(_save_artifacts(gate, options))
+        artifacts.update(_save_result(gate, config, options, log))
+        if options.confirm and result.culprit is not None:  # after saving: it replays the edits without one
+            result.confirmation = gate.confirm(result.culprit)
         code = EXIT_PASSED if result.verdict == "passed" else EXIT_FAILED
         return build_document(result, policy, code, new=context["new"], repository=context["repository"],
                               base_ref=context["base_ref"], artifacts=artifacts), code
@@ -166,11 +169,16 @@ def _check_out(out: Path) -> None:
                          "name a directory editgate can create and write") from None
 
 
-def _save_artifacts(gate, options: RunOptions) -> dict[str, Any]:
-    """What each method keeps outside the weights (the memory method's memory.json), beside the reports."""
+def _save_result(gate, config, options: RunOptions, log: Callable[[str], None]) -> dict[str, Any]:
+    """The edited model as the run left it, beside the reports (`editgate generate --from OUT` loads it):
+    an edit pack of the written weights and what methods keep outside them (memory.json)."""
     if options.out is None:
         return {}
-    return gate.session.save_artifacts(Path(options.out), gate.check_texts, [r.edit for r in gate.records])
+    artifacts = gate.session.save_result(Path(options.out), config.model, gate.check_texts,
+                                         [r.edit for r in gate.records], edit_pack=options.edit_pack)
+    if artifacts["result"]["edit_pack"]:
+        log(f"edit pack of the run's weights: {Path(options.out) / artifacts['result']['edit_pack']}")
+    return artifacts
 
 
 def _save_outputs(gate, config, verdict: str, options: RunOptions, log: Callable[[str], None]) -> dict[str, Any]:

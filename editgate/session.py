@@ -24,6 +24,7 @@ from editgate.methods.base import EditMethod, MethodContext
 from editgate.models import LoadedModel
 
 STATS_CORPUS = "builtin:wiki"  # what ROME-style key statistics are computed on
+RESULT_PACK = "edits.safetensors"  # the edit pack a run keeps beside its reports
 
 
 class EditSession:
@@ -112,14 +113,52 @@ class EditSession:
             "base_fingerprint": loaded.fingerprint, "edits": self.edit_ids(), "editgate": editgate.__version__,
             **info})
 
-    def save_artifacts(self, out_dir: Path | str, check_texts: list[str], edits: list[Edit]) -> dict[str, Any]:
-        """What each method keeps outside the weights (the memory method's memory.json), into `out_dir`;
-        {report key: value}. `edits`: the run's edits, each given to its own method."""
+    def save_result(self, out_dir: Path | str, model_spec: str, check_texts: list[str], edits: list[Edit],
+                    edit_pack: bool = True) -> dict[str, Any]:
+        """What `results.load_result` needs to rebuild the model as it is now, into `out_dir`: an edit pack
+        of the written weights (unless `edit_pack` is false) and what each method keeps outside the
+        weights (the memory method's memory.json). Returns the report's artifacts; `result` names the
+        pack (relative to `out_dir`) and the methods whose artefacts to load. `edits`: the run's edits,
+        each given to its own method."""
+        out_dir = Path(out_dir)
         artifacts: dict[str, Any] = {}
+        artifacts_of = []
         for name, method in self.methods.items():
             own = [edit for edit in edits if self.method_of(edit) == name]
-            artifacts.update(method.save_artifacts(Path(out_dir), check_texts, own, self.log))
+            saved = method.save_artifacts(out_dir, check_texts, own, self.log)
+            if saved:
+                artifacts_of.append(name)
+                artifacts.update(saved)
+        written = [applied for applied in self.applied if applied.originals]
+        pack = None
+        if edit_pack and written:
+            loaded = self.loaded
+            export.save_delta(out_dir / RESULT_PACK, loaded.model, written, fingerprint=loaded.fingerprint,
+                              model_spec=model_spec, dtype=loaded.dtype,
+                              edit_ids=[edit_id for applied in written for edit_id in applied.edit_ids])
+            pack = RESULT_PACK
+        artifacts["result"] = {"edit_pack": pack, "artifacts_of": artifacts_of, "complete": bool(pack or not written)}
         return artifacts
+
+    # -- loading what a run saved -------------------------------------------------------------------
+
+    def apply_weights(self, weights: dict[str, torch.Tensor], label: str, edit_ids: list[str]) -> AppliedEdit:
+        """Write saved edited weights (an edit pack's, a saved model's) as one undoable update."""
+        params = dict(self.loaded.model.named_parameters())
+        originals = {name: params[name].detach().clone() for name in weights}
+        with torch.no_grad():
+            for name, value in weights.items():
+                params[name].copy_(value.to(params[name].device))
+        applied = AppliedEdit(label, list(edit_ids), originals, {"parameters": len(weights)})
+        self.applied.append(applied)
+        return applied
+
+    def load_artifacts(self, method: str, out_dir: Path | str) -> AppliedEdit | None:
+        """What `method` saved in `out_dir` (`save_artifacts`), in front of the model as one undoable update."""
+        applied = self.method(method).load_artifacts(Path(out_dir))
+        if applied is not None:
+            self.applied.append(applied)
+        return applied
 
     def _refuse_wrapped(self) -> None:
         if self.wraps_model():

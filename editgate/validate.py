@@ -3,7 +3,8 @@
 Problems from all three are collected and raised together, so one `editgate validate` lists every
 error in the repository rather than the first.
 
-`validate_paths` serves `editgate validate [PATH...]`:
+`validate_paths` serves `editgate validate [PATH...]`; besides the errors it lists, as warnings, edits
+that contradict each other (editgate/conflicts.py), each naming both edits' file:line:
 - no paths: the current directory as a repository;
 - a directory: a repository (its editgate.yaml, policy and manifests, exactly as `run` would load them);
 - a file named editgate.yaml / editgate.yml: the repository it configures;
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from editgate.conflicts import conflict_warnings
 from editgate.config import CONFIG_NAMES, Config, find_config_file, load_config_collecting
 from editgate.errors import InputError, Problem
 from editgate.manifests import Edit, ManifestCollector
@@ -114,6 +116,7 @@ class Validated:
     policies: list[Policy] = field(default_factory=list)
     edits: list[Edit] = field(default_factory=list)  # from manifests named explicitly
     manifest_files: int = 0
+    warnings: list[Problem] = field(default_factory=list)  # edits that contradict each other (conflicts.py)
 
     @property
     def edit_count(self) -> int:
@@ -152,6 +155,9 @@ def validate_paths(paths: Sequence[Path | str]) -> Validated:
     result.edits = collector.edits
     if problems:
         raise InputError(_unique(problems))
+    for edits in [edits for _, _, edits in result.repos] + [result.edits]:
+        result.warnings += conflict_warnings(edits)
+    result.warnings = _unique(result.warnings)
     return result
 
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from editgate.metrics.generation import begins_with_answer, greedy_continuations, normalise_answer
+from editgate.answers import begins_with_answer, normalise_answer
+from editgate.metrics.generation import greedy_continuations
 
 from helpers import ARCHITECTURES
 

@@ -13,7 +13,8 @@ from editgate.corpora import ROLE_BUCKETS, load_texts, sample_texts
 from editgate.errors import InputError
 from editgate.manifests import Edit, LocalityCheck
 from editgate.metrics.edit_metrics import EditScorer
-from editgate.metrics.generation import begins_with_answer, greedy_continuations
+from editgate.answers import begins_with_answer
+from editgate.metrics.generation import greedy_continuations
 from editgate.metrics.perplexity import PerplexitySample, perplexity
 from editgate.metrics.scoring import MAX_PADDING, batches_by_length
 

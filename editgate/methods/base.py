@@ -79,6 +79,11 @@ class EditMethod:
         """What the method keeps outside the weights, saved beside the reports: {report key: value}."""
         return {}
 
+    def load_artifacts(self, out_dir: Any) -> "AppliedEdit | None":
+        """The inverse of `save_artifacts`: what it saved in `out_dir`, put back in front of the model as
+        one undoable update (None when there is nothing of this method's there)."""
+        return None
+
 
 @dataclass
 class MethodContext:

@@ -14,17 +14,20 @@ teacher-forced and CounterFact-style as the literature reports.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
 from editgate.manifests import Edit, LocalityCheck
-from editgate.metrics.generation import begins_with_answer, greedy_continuations
+from editgate.answers import begins_with_answer
+from editgate.conflicts import SAME_FACT, Conflict, overwritten
+from editgate.metrics.generation import greedy_continuations
 from editgate.metrics.scoring import Scored, score_sequences
 
 DEFINITION = ("efficacy/generalization/locality: greedy generation begins with the target (locality: the "
-              "unedited model's generated answer kept); *_tf: EasyEdit teacher-forced token accuracy; "
-              "*_cf: CounterFact P(new) > P(true)")
+              "unedited model's generated answer kept) at the end of the run, leaving out prompts another edit "
+              "changes on purpose; locality_after_edit: the same right after each edit; *_tf: EasyEdit "
+              "teacher-forced token accuracy; *_cf: CounterFact P(new) > P(true)")
 SCORE_KEYS = ("efficacy", "generalization", "locality", "efficacy_tf", "generalization_tf", "locality_tf",
               "efficacy_cf", "generalization_cf")
 EXTRA_TOKENS = 2  # generated beyond the target's length: enough to see where its word ends
@@ -32,15 +35,16 @@ EXTRA_TOKENS = 2  # generated beyond the target's length: enough to see where it
 
 @dataclass
 class EditScores:
-    efficacy: float  # generated (see the module docstring)
+    efficacy: float | None  # generated (see the module docstring); None when a later edit overwrote the fact
     generalization: float | None  # None when the edit has no paraphrases
-    locality: float | None  # None when it has no locality prompts
-    efficacy_tf: float  # teacher-forced
+    locality: float | None  # None when it has no locality prompts (or none that no other edit changes)
+    efficacy_tf: float | None  # teacher-forced
     generalization_tf: float | None
     locality_tf: float | None
     efficacy_cf: float | None  # None without ground_truth
     generalization_cf: float | None
     generated: str = ""  # what the model continued the edit prompt with (shown for a failed edit)
+    left_out: list[str] = field(default_factory=list)  # prompts another edit changes on purpose, and why
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -54,17 +58,19 @@ class _Query:
     role: str  # efficacy | generalization | locality | efficacy_cf_true | generalization_cf_true
     context: str
     answer: str
+    item: int = 0  # which paraphrase or locality prompt of the edit
 
 
 def _queries(edits: list[Edit]) -> list[_Query]:
     out = []
     for i, edit in enumerate(edits):
         out.append(_Query(i, "efficacy", edit.text, edit.target))
-        out += [_Query(i, "generalization", p, edit.target) for p in edit.paraphrases]
+        out += [_Query(i, "generalization", p, edit.target, k) for k, p in enumerate(edit.paraphrases)]
         if edit.ground_truth:
             out.append(_Query(i, "efficacy_cf_true", edit.text, edit.ground_truth))
-            out += [_Query(i, "generalization_cf_true", p, edit.ground_truth) for p in edit.paraphrases]
-        out += [_Query(i, "locality", c.prompt, c.answer or "") for c in edit.locality]
+            out += [_Query(i, "generalization_cf_true", p, edit.ground_truth, k)
+                    for k, p in enumerate(edit.paraphrases)]
+        out += [_Query(i, "locality", c.prompt, c.answer or "", k) for k, c in enumerate(edit.locality)]
     return out
 
 
@@ -72,9 +78,21 @@ def _answer_ids(tokenizer, answer: str) -> list[int]:
     return tokenizer(" " + answer.strip(), add_special_tokens=False)["input_ids"]
 
 
+def answer_budget(tokenizer, answer: str) -> int:
+    """How many tokens are generated to judge an answer: its own length and a little more."""
+    return len(_answer_ids(tokenizer, answer)) + EXTRA_TOKENS
+
+
 def _encode(tokenizer, query: _Query) -> tuple[list[int], int]:
     context = tokenizer(query.context)["input_ids"]
     return context + _answer_ids(tokenizer, query.answer), len(context)
+
+
+def _takes_away(conflict: Conflict, query: _Query) -> bool:
+    """A locality conflict takes away its one locality prompt; an overwritten fact every other query."""
+    if conflict.kind == SAME_FACT:
+        return query.role != "locality"
+    return query.role == "locality" and conflict.locality == query.item
 
 
 class EditScorer:
@@ -83,10 +101,14 @@ class EditScorer:
     Locality prompts without a stated answer use the unedited model's greedy next token.
     """
 
-    def __init__(self, model, tokenizer, edits: list[Edit], batch_tokens: int = 2048, cache=None):
+    def __init__(self, model, tokenizer, edits: list[Edit], batch_tokens: int = 2048, cache=None,
+                 conflicts: list[Conflict] | None = None):
+        """`conflicts` (editgate/conflicts.py): the prompts other edits change on purpose, left out of the
+        figures once the edit that changes them is applied."""
         self.tokenizer = tokenizer
         self.batch_tokens = batch_tokens
         self.edits = [self._fill_locality_answers(model, e) for e in edits]
+        self.conflicts = [c for c in conflicts or [] if overwritten(c, self.edits)]
         self.queries = _queries(self.edits)
         encoded = [_encode(tokenizer, q) for q in self.queries]
         self.sequences = [s for s, _ in encoded]
@@ -94,9 +116,12 @@ class EditScorer:
         self.base = self._base_scores(model, cache)  # the unedited model: locality compares against it
         self.prompts = [q for q in self.queries if q.role in ("efficacy", "generalization", "locality")]
         self.prompt_ids = [tokenizer(q.context)["input_ids"] for q in self.prompts]
-        self.budgets = [len(_answer_ids(tokenizer, q.answer)) + (0 if q.role == "locality" else EXTRA_TOKENS)
-                        for q in self.prompts]
+        self.budgets = [len(_answer_ids(tokenizer, q.answer)) if q.role == "locality" else
+                        answer_budget(tokenizer, q.answer) for q in self.prompts]
         self.base_generated = self._base_generations(model, cache)
+        self.locality_of = {i: [p for p, q in enumerate(self.prompts) if q.edit == i and q.role == "locality"]
+                            for i in range(len(self.edits))}
+        self.base_locality_each = self._base_generations(model, cache, each=True)
 
     def _base_scores(self, model, cache) -> list:
         """The unedited model's scores, from the baseline cache when the same queries were scored before."""
@@ -113,21 +138,48 @@ class EditScorer:
                                                "targets": s.targets.tolist()} for s in scored])
         return scored
 
-    def _base_generations(self, model, cache) -> list[list[int]]:
-        """The unedited model's greedy continuations of every prompt (cached like the scores)."""
+    def _base_generations(self, model, cache, each: bool = False) -> list:
+        """The unedited model's greedy continuations of every prompt (cached like the scores); `each`:
+        of every edit's locality prompts, generated edit by edit as `locality_after` generates them."""
         parameter = next(model.parameters())
         parts = {"prompts": self.prompt_ids, "budgets": self.budgets, "batch_tokens": self.batch_tokens,
-                 "dtype": str(parameter.dtype), "device": parameter.device.type}
-        cached = cache.get("edit-generations", parts) if cache else None
+                 "dtype": str(parameter.dtype), "device": parameter.device.type, "each": each}
+        kind = "edit-generations-each" if each else "edit-generations"
+        cached = cache.get(kind, parts) if cache else None
         if cached is not None:
             return cached
-        generated = self._generate(model)
+        generated = [self._generate(model, self.locality_of[i]) for i in range(len(self.edits))] if each else \
+            self._generate(model)
         if cache:
-            cache.put("edit-generations", parts, generated)
+            cache.put(kind, parts, generated)
         return generated
 
-    def _generate(self, model) -> list[list[int]]:
-        return greedy_continuations(model, self.tokenizer, self.prompt_ids, self.budgets, self.batch_tokens)
+    def _generate(self, model, which: list[int] | None = None) -> list[list[int]]:
+        """Greedy continuations of the prompts `which` (indices into `self.prompts`; all by default)."""
+        which = range(len(self.prompts)) if which is None else which
+        if not which:
+            return []
+        return greedy_continuations(model, self.tokenizer, [self.prompt_ids[p] for p in which],
+                                    [self.budgets[p] for p in which], self.batch_tokens)
+
+    def _changed(self, query: _Query, applied: int) -> list[int]:
+        """The applied edits (among the first `applied`) that change this query's answer on purpose."""
+        return [c.changed_by for c in self.conflicts
+                if c.edit == query.edit and c.applies(applied) and _takes_away(c, query)]
+
+    def locality_after(self, model, edits: list[int]) -> dict[int, float | None]:
+        """Each of `edits`' locality right after they were applied (the model as it is now): its own
+        prompts' generated answers against the unedited model's, the prompts an applied edit changes on
+        purpose left out. One batch per edit, as the unedited answers were generated."""
+        applied = max(edits) + 1
+        out: dict[int, float | None] = {}
+        for i in edits:
+            which = self.locality_of[i]
+            now = self._generate(model, which)
+            kept = [(a, b) for p, a, b in zip(which, now, self.base_locality_each[i])
+                    if not self._changed(self.prompts[p], applied)]
+            out[i] = sum(float(a == b) for a, b in kept) / len(kept) if kept else None
+        return out
 
     def _fill_locality_answers(self, model, edit: Edit) -> Edit:
         missing = [c for c in edit.locality if not c.answer]
@@ -152,15 +204,26 @@ class EditScorer:
         # compares like with like even in bf16, where batch composition nudges the logits
         per_edit: dict[int, dict[str, list]] = {i: {} for i in range(n)}
         for i, (q, s) in enumerate(zip(self.queries, self._score(model))):
-            if q.edit < n:
+            if q.edit < n and not self._changed(q, n):
                 per_edit[q.edit].setdefault(q.role, []).append((i, s))
         said: dict[int, dict[str, list]] = {i: {} for i in range(n)}
         for i, (q, tokens) in enumerate(zip(self.prompts, self._generate(model))):
-            if q.edit < n:
+            if q.edit < n and not self._changed(q, n):
                 said[q.edit].setdefault(q.role, []).append((i, q, tokens))
-        return [self._summarise(per_edit[i], said[i]) for i in range(n)]
+        return [self._summarise(per_edit[i], said[i], self._left_out(i, n)) for i in range(n)]
 
-    def _summarise(self, roles: dict[str, list], said: dict[str, list]) -> EditScores:
+    def _left_out(self, edit: int, applied: int) -> list[str]:
+        """What `score` leaves out of this edit's figures, and which edit changes it."""
+        out = []
+        for q in self.prompts:
+            if q.edit == edit and q.role in ("efficacy", "locality"):
+                by = ", ".join(repr(self.edits[j].id) for j in self._changed(q, applied))
+                if by:
+                    what = "its own fact" if q.role == "efficacy" else f"locality prompt {q.context!r}"
+                    out.append(f"{what}: changed on purpose by edit {by}")
+        return out
+
+    def _summarise(self, roles: dict[str, list], said: dict[str, list], left_out: list[str]) -> EditScores:
         def accuracy(role):
             items = roles.get(role, [])
             return None if not items else sum(float(s.greedy_hits.float().mean()) for _, s in items) / len(items)
@@ -187,11 +250,11 @@ class EditScorer:
             agreement = sum(float((s.argmax == self.base[i].argmax).float().mean())
                             for i, s in locality) / len(locality)
         prompt = said.get("efficacy", [])
-        return EditScores(generated("efficacy") or 0.0, generated("generalization"), generated("locality"),
-                          accuracy("efficacy") or 0.0, accuracy("generalization"), agreement,
+        return EditScores(generated("efficacy"), generated("generalization"), generated("locality"),
+                          accuracy("efficacy"), accuracy("generalization"), agreement,
                           counterfact("efficacy", "efficacy_cf_true"),
                           counterfact("generalization", "generalization_cf_true"),
-                          self._text(prompt[0][2]).strip() if prompt else "")
+                          self._text(prompt[0][2]).strip() if prompt else "", left_out)
 
     def _text(self, tokens: list[int]) -> str:
         return self.tokenizer.decode(tokens, skip_special_tokens=True)

@@ -1,12 +1,10 @@
-"""What an edited model says when it has to generate: greedy continuations, batched, and the answer
-matching a reviewer expects.
+"""What an edited model says when it has to generate: greedy continuations, batched (the answers are
+matched in editgate/answers.py).
 
 Teacher-forced token accuracy (feed the answer, count the tokens that are the argmax at their
 position) overstates how often an edit takes: one wrong first token hides behind the right later ones
 ("The Mirage of Model Editing", 2025). The gate's edit figures therefore come from greedy generation:
-an edit took on a prompt when the model's continuation begins with the target, compared after
-normalisation (Unicode NFKC, case, runs of whitespace, the target's trailing punctuation) and at a word
-boundary ("Rome" is not matched by "Romania").
+an edit took on a prompt when the model's continuation begins with the target.
 
 Prompts are generated in batches, left-padded so every row's last prompt token sits at the same
 position; a row generates exactly the tokens it would alone (greedy decoding, positions taken from the
@@ -15,28 +13,9 @@ attention mask), which a test checks against one-by-one generation.
 
 from __future__ import annotations
 
-import unicodedata
-
 import torch
 
 from editgate.metrics.scoring import batches_by_length
-
-TRAILING = ".,;:!?\"')]}»”’"
-
-
-def normalise_answer(text: str) -> str:
-    """The text as a reader compares answers: NFKC, case-folded, whitespace collapsed, trimmed."""
-    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
-
-
-def begins_with_answer(generated: str, answer: str) -> bool:
-    """Whether `generated` starts with `answer` (normalised, trailing punctuation of the answer ignored),
-    followed by the end of the text or a character that cannot continue a word."""
-    said, wanted = normalise_answer(generated), normalise_answer(answer).rstrip(TRAILING).rstrip()
-    if not wanted or not said.startswith(wanted):
-        return False
-    rest = said[len(wanted):]
-    return not rest or not rest[0].isalnum()
 
 
 def greedy_continuations(model: torch.nn.Module, tokenizer, prompts: list[list[int]], new_tokens: list[int],
@@ -66,3 +45,11 @@ def greedy_continuations(model: torch.nn.Module, tokenizer, prompts: list[list[i
 def _until_end(tokens: list[int], eos: int | None) -> list[int]:
     """The tokens before the model ended its text (a finished row of a batch is padded after that)."""
     return tokens[: tokens.index(eos)] if eos is not None and eos in tokens else tokens
+
+
+def generate_answers(model: torch.nn.Module, tokenizer, prompts: list[str], new_tokens: list[int],
+                     batch_tokens: int = 2048) -> list[str]:
+    """What the model continues each prompt with, as text: the gate's tokenisation and decoding."""
+    ids = [tokenizer(prompt)["input_ids"] for prompt in prompts]
+    continuations = greedy_continuations(model, tokenizer, ids, new_tokens, batch_tokens)
+    return [tokenizer.decode(tokens, skip_special_tokens=True) for tokens in continuations]

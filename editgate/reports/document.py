@@ -33,6 +33,7 @@ def _edit_record(record, new: bool | None = None) -> dict[str, Any]:
         "status": record.status, "perplexity": _number(record.perplexity), "ratio": _number(record.ratio),
         "ratio_change": _number(record.ratio_change),
         "metrics": record.scores.to_dict() if record.scores else None,
+        "locality_after_edit": _number(record.locality_after_edit),
         "method_info": _clean(record.method_info),
         "risk": list(record.risk),
         "found_by_bisection": record.found_by_bisection,

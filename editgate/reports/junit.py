@@ -96,7 +96,9 @@ def _details(edit: dict[str, Any]) -> str:
              f"perplexity {_fmt(edit.get('perplexity'))}  ratio {_fmt(edit.get('ratio'))}  "
              f"change {_fmt(edit.get('ratio_change'))}"]
     if metrics:
-        lines.append("  ".join(f"{k} {_fmt(v)}" for k, v in metrics.items()))
+        lines.append("  ".join(f"{k} {_fmt(v)}" for k, v in metrics.items() if not isinstance(v, list)))
+        lines.append(f"locality right after the edit {_fmt(edit.get('locality_after_edit'))}")
+        lines += [f"left out: {reason}" for reason in metrics.get("left_out") or []]
     if edit.get("new") is not None:
         lines.append("new in this change" if edit["new"] else "already at the base ref")
     return "\n".join(lines)

@@ -62,8 +62,8 @@ def render_markdown(doc: dict[str, Any]) -> str:
                       + (", new in this change" if new else "")]
     if doc.get("error") and not doc.get("edits"):
         return "\n".join(lines) + "\n"
-    lines += ["", *_summary(doc), *_new_edits(doc), *_warnings(doc), "", *_edits_table(doc), *_not_said(doc), "",
-              *_curve(doc), *_benchmarks(doc), *_confirmation(doc)]
+    lines += ["", *_summary(doc), *_new_edits(doc), *_warnings(doc), "", *_edits_table(doc), *_not_said(doc),
+              *_left_out(doc), "", *_curve(doc), *_benchmarks(doc), *_confirmation(doc)]
     text = "\n".join(lines) + "\n"
     if len(text.encode()) > MAX_BYTES:
         text = text.encode()[: MAX_BYTES - 200].decode(errors="ignore")
@@ -147,7 +147,8 @@ def _new_edits(doc: dict[str, Any]) -> list[str]:
 
 
 def _edits_table(doc: dict[str, Any]) -> list[str]:
-    out = ["| # | edit | where | method | status | perplexity | ratio | Δ ratio | efficacy | general. | locality |",
+    out = ["| # | edit | where | method | status | perplexity | ratio | Δ ratio | efficacy | general. "
+           "| locality (right after the edit) |",
            "|---|---|---|---|---|---|---|---|---|---|---|"]
     for i, e in enumerate(doc.get("edits", []), 1):
         m = e.get("metrics") or {}
@@ -156,7 +157,7 @@ def _edits_table(doc: dict[str, Any]) -> list[str]:
         out.append(f"| {i} | {mark}{_code(e['id'], table=True)} | {where} | {e['method']} "
                    f"| {STATUS.get(e['status'], e['status'])} "
                    f"| {_fmt(e['perplexity'])} | {_ratio_cell(e)} | {_fmt(e['ratio_change'], 4)} "
-                   f"| {_pct(m.get('efficacy'))} | {_pct(m.get('generalization'))} | {_pct(m.get('locality'))} |")
+                   f"| {_pct(m.get('efficacy'))} | {_pct(m.get('generalization'))} | {_locality_cell(e)} |")
     early = [e for e in doc.get("edits", []) if (e.get("check") or {}).get("stopped_early")]
     if early:
         out += ["", f"≈: {len(early)} check(s) stopped once part of the sample settled the status "
@@ -169,7 +170,7 @@ MAX_LISTED_NOT_SAID = 20
 
 def _not_said(doc: dict[str, Any]) -> list[str]:
     """Edits whose prompt the edited model does not continue with the target: what it said instead."""
-    missed = [e for e in doc.get("edits", []) if (e.get("metrics") or {}).get("efficacy", 1.0) < 1.0]
+    missed = [e for e in doc.get("edits", []) if _below_one((e.get("metrics") or {}).get("efficacy"))]
     if not missed:
         return []
     out = ["", f"**Not said by the edited model** ({len(missed)} edit(s)): the prompt, the target, and what the "
@@ -180,6 +181,29 @@ def _not_said(doc: dict[str, Any]) -> list[str]:
                    f"generated {_code(said) if said else '(nothing)'}")
     if len(missed) > MAX_LISTED_NOT_SAID:
         out.append(f"- and {len(missed) - MAX_LISTED_NOT_SAID} more (report.json has every edit)")
+    return out
+
+
+def _below_one(value: Any) -> bool:
+    return isinstance(value, (int, float)) and value < 1.0
+
+
+def _locality_cell(e: dict[str, Any]) -> str:
+    """Locality at the end, and right after the edit when that differs (bleed from later edits)."""
+    end, after = (e.get("metrics") or {}).get("locality"), e.get("locality_after_edit")
+    return _pct(end) if after is None or after == end else f"{_pct(end)} ({_pct(after)})"
+
+
+def _left_out(doc: dict[str, Any]) -> list[str]:
+    """What the end-of-run figures leave out because another edit changes it on purpose."""
+    items = [(e, reason) for e in doc.get("edits", []) for reason in (e.get("metrics") or {}).get("left_out") or []]
+    if not items:
+        return []
+    out = ["", f"**Left out of the edit metrics** ({len(items)}): answers another edit of this run changes on "
+               "purpose, so a changed answer there is not bleed."]
+    out += [f"- {_code(e['id'])}: {_plain(reason)}" for e, reason in items[:MAX_LISTED_NOT_SAID]]
+    if len(items) > MAX_LISTED_NOT_SAID:
+        out.append(f"- and {len(items) - MAX_LISTED_NOT_SAID} more (report.json has every edit)")
     return out
 
 

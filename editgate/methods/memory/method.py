@@ -24,6 +24,8 @@ from editgate.methods.memory.model import MemoryModel
 from editgate.methods.memory.store import EditMemory
 from editgate.architecture import num_layers
 
+MEMORY_FILE = "memory.json"  # beside the reports
+
 
 class MemoryEditor(EditMethod):
     """Edits stored in one memory per run; the gate evaluates `wrapped`, the base model behind it."""
@@ -142,7 +144,7 @@ class MemoryEditor(EditMethod):
         sample (false positives) and the paraphrases."""
         if self.memory is None:
             return {}
-        path = self.save_memory(Path(out_dir) / "memory.json")
+        path = self.save_memory(Path(out_dir) / MEMORY_FILE)
         figures = self.figures(check_texts, edits)
         log(f"memory: saved {path}; perplexity texts routed to an edit: {figures.get('false_positive_rate')}")
         return {"memory": str(path), "memory_routing": figures}
@@ -160,6 +162,21 @@ class MemoryEditor(EditMethod):
         self.memory = EditMemory.load(path, self.make_encoder(hp.encoder, hp))
         self.wrapped = MemoryModel(self.model, self.tokenizer, self.memory)
         return self.wrapped
+
+    def load_artifacts(self, out_dir: Path | str) -> AppliedEdit | None:
+        """memory.json from `out_dir` (or the file itself), routed exactly as in the run that saved it."""
+        path = Path(out_dir)
+        path = path / MEMORY_FILE if path.is_dir() else path
+        if not path.is_file():
+            return None
+        before = (self.memory, self.wrapped)
+        wrapped = self.load_memory(path)
+
+        def undo() -> None:
+            self.memory, self.wrapped = before
+
+        return AppliedEdit(self.name, [entry.edit.id for entry in self.memory.entries], {},
+                           {"memory": str(path), "stored_edits": len(self.memory)}, [undo], model=wrapped)
 
 
 def middle_layer(model: torch.nn.Module) -> int:
