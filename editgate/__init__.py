@@ -9,7 +9,8 @@ The Python API (names load on first use, so `import editgate` stays light for th
     session.apply(edits[:1])        # one update; session.model is the model to evaluate now
     session.undo_to(0)              # back to the base weights, bit for bit
 
-`editgate.run_gate(repo)` runs the whole gate of a repository and returns its report document.
+`editgate.run_gate(repo)` runs the whole gate of a repository and returns its report document;
+`editgate.load_result("editgate-report")` loads what a run left there as an EditSession.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 __version__ = "0.1.0"
 
 _API = {"load_model": "editgate.models", "EditSession": "editgate.session", "Edit": "editgate.manifests",
-        "load_manifests": "editgate.manifests", "run_gate": "editgate.run"}
+        "load_manifests": "editgate.manifests", "run_gate": "editgate.run", "load_result": "editgate.results"}
 __all__ = ["__version__", *_API]
 
 
