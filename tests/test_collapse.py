@@ -95,6 +95,11 @@ def test_confirm_reruns_without_the_culprit(tiny_repo, tmp_path):
     assert doc["confirmation"]["rest_passes"] is True
     assert doc["confirmation"]["worst_ratio"] == 1.0
     assert "without `extreme` the rest of the sequence passes" in (tmp_path / "out" / "report.md").read_text()
+    # what the run saved is its own model, culprit included, not the confirmation's replay without it
+    from editgate.export import read_pack
+
+    _, metadata = read_pack(tmp_path / "out" / "edits.safetensors")
+    assert "extreme" in metadata["edits"]
 
 
 def test_risky_update_is_flagged_before_any_check(tiny_repo, tmp_path):

@@ -150,3 +150,4 @@ def test_no_edit_pack_leaves_an_incomplete_result(tiny_repo, tmp_path):
     assert document["artifacts"]["result"]["complete"] is False
     with pytest.raises(InputError, match="--no-edit-pack"):
         results.locate(out)
+
