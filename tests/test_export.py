@@ -28,7 +28,8 @@ def test_edit_pack_reproduces_the_edited_weights_bit_for_bit(ci_run, tiny_model_
 
     root, doc = ci_run["root"], ci_run["doc"]
     saved, pack = root / "edited-model", root / "edits.safetensors"
-    assert doc["artifacts"] == {"delta": str(pack), "delta_parameters": 1, "model": str(saved)}
+    assert doc["artifacts"] == {"delta": str(pack), "delta_parameters": 1, "model": str(saved),
+                                "result": {"edit_pack": "edits.safetensors", "artifacts_of": [], "complete": True}}
     assert {"config.json", "tokenizer.json", "editgate-model.json"} <= {p.name for p in saved.iterdir()}
     assert list(saved.glob("*.safetensors"))
     assert not list(root.glob(".edited-model*"))  # no temporary directory left behind

@@ -148,7 +148,7 @@ def _new_edits(doc: dict[str, Any]) -> list[str]:
 
 def _edits_table(doc: dict[str, Any]) -> list[str]:
     out = ["| # | edit | where | method | status | perplexity | ratio | Δ ratio | efficacy | general. "
-           "| locality (right after the edit) |",
+           "| locality (after its edit, if other) |",
            "|---|---|---|---|---|---|---|---|---|---|---|"]
     for i, e in enumerate(doc.get("edits", []), 1):
         m = e.get("metrics") or {}
