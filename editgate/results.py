@@ -50,13 +50,13 @@ def locate(path: Path | str) -> SavedResult:
         config = _read_json(path / "config.json", shown) if (path / "config.json").is_file() else {}
         dtype = config.get("dtype") or config.get("torch_dtype")
         return SavedResult(shown, marker.get("base_model"), dtype if isinstance(dtype, str) else None, model_dir=path,
-                           edits=[{"id": i} for i in marker.get("edits", []) if isinstance(i, str)])
+                           edits=_ids(marker.get("edits")))
     if path.is_file() and path.suffix == ".safetensors":
         from editgate.export import read_pack
 
         _, metadata = read_pack(path, shown="")
         return SavedResult(shown, metadata.get("base_model"), metadata.get("dtype"), edit_pack=path,
-                           edits=[{"id": i} for i in metadata.get("edits", []) if isinstance(i, str)])
+                           edits=_ids(metadata.get("edits")))
     if path.is_file() and path.suffix == ".json":
         report = path.parent / REPORT_FILE
         known = _from_report(path.parent, str(report)) if report.is_file() else SavedResult(shown)
@@ -80,6 +80,11 @@ def _from_report(directory: Path, shown: str) -> SavedResult:
     return SavedResult(shown, environment.get("model"), environment.get("dtype"),
                        edit_pack=_inside(directory, pack, shown) if pack else None,
                        artifacts={str(m): directory for m in result.get("artifacts_of") or []}, edits=edits)
+
+
+def _ids(values: Any) -> list[dict[str, Any]]:
+    """Edit ids as a saved model or pack records them, in report.json's record shape."""
+    return [{"id": i} for i in values or [] if isinstance(i, str)]
 
 
 def _unusable(shown: str, message: str) -> InputError:

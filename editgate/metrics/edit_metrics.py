@@ -108,7 +108,10 @@ class EditScorer:
         self.tokenizer = tokenizer
         self.batch_tokens = batch_tokens
         self.edits = [self._fill_locality_answers(model, e) for e in edits]
-        self.conflicts = [c for c in conflicts or [] if overwritten(c, self.edits)]
+        self.conflicts_of: dict[int, list[Conflict]] = {}  # by the edit whose figures they take away
+        for conflict in conflicts or []:
+            if overwritten(conflict, self.edits):
+                self.conflicts_of.setdefault(conflict.edit, []).append(conflict)
         self.queries = _queries(self.edits)
         encoded = [_encode(tokenizer, q) for q in self.queries]
         self.sequences = [s for s, _ in encoded]
@@ -164,8 +167,8 @@ class EditScorer:
 
     def _changed(self, query: _Query, applied: int) -> list[int]:
         """The applied edits (among the first `applied`) that change this query's answer on purpose."""
-        return [c.changed_by for c in self.conflicts
-                if c.edit == query.edit and c.applies(applied) and _takes_away(c, query)]
+        return [c.changed_by for c in self.conflicts_of.get(query.edit, ())
+                if c.applies(applied) and _takes_away(c, query)]
 
     def locality_after(self, model, edits: list[int]) -> dict[int, float | None]:
         """Each of `edits`' locality right after they were applied (the model as it is now): its own
@@ -214,7 +217,9 @@ class EditScorer:
 
     def _left_out(self, edit: int, applied: int) -> list[str]:
         """What `score` leaves out of this edit's figures, and which edit changes it."""
-        out = []
+        out: list[str] = []
+        if edit not in self.conflicts_of:  # the common case: nothing to scan
+            return out
         for q in self.prompts:
             if q.edit == edit and q.role in ("efficacy", "locality"):
                 by = ", ".join(repr(self.edits[j].id) for j in self._changed(q, applied))
