@@ -18,6 +18,10 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from editgate.threads import configure_openmp
+
+configure_openmp()  # before anything imports torch: OpenMP reads its settings when torch loads it
+
 __version__ = "0.1.0"
 
 _API = {"load_model": "editgate.models", "EditSession": "editgate.session", "Edit": "editgate.manifests",

@@ -12,6 +12,7 @@ the window's edits exactly (only the weights they wrote) and replaying them with
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import platform
 import time
@@ -26,7 +27,7 @@ from editgate.baseline import BaselineCache
 from editgate.config import Config
 from editgate.conflicts import describe, find_conflicts
 from editgate.corpora import sample_texts
-from editgate.manifests import Edit
+from editgate.manifests import Edit, edit_fingerprint
 from editgate.methods import AppliedEdit
 from editgate.metrics.check import CheckResult, PerplexityCheck
 from editgate.metrics.edit_metrics import DEFINITION, SCORE_KEYS, EditScorer, EditScores, mean_of
@@ -34,7 +35,8 @@ from editgate.metrics.perplexity import PerplexityResult, PerplexitySample, perp
 from editgate.metrics.scoring import MAX_PADDING
 from editgate.models import LoadedModel
 from editgate.policy import Policy
-from editgate.session import EditSession
+from editgate.session import STATS_CORPUS, EditSession
+from editgate.statecache import StateCache, StoredState, chain, digest
 from editgate.metrics.benchmarks import TaskResult, compare, load_suite
 
 PASS, WARN, FAIL, COLLAPSE = "pass", "warn", "fail", "collapse"
@@ -58,6 +60,22 @@ class EditRecord:
     check_seconds: float = 0.0
     found_by_bisection: bool = False
     check: CheckResult | None = None  # how the check after this edit was made (texts, interval, layers)
+
+    _KEPT = ("status", "perplexity", "ratio", "ratio_change", "method_info", "risk", "locality_after_edit",
+             "edit_seconds", "check_seconds", "found_by_bisection")
+
+    def to_state(self) -> dict[str, Any]:
+        """What a stored state keeps of this record (everything measured; the edit is the new run's)."""
+        kept = {name: getattr(self, name) for name in self._KEPT}
+        return {**kept, "check": dataclasses.asdict(self.check) if self.check else None}
+
+    def restore(self, kept: dict[str, Any]) -> None:
+        for name in self._KEPT:
+            setattr(self, name, kept[name])
+        check = kept["check"]
+        if check is not None:
+            interval = tuple(check["interval"]) if check["interval"] else None
+            self.check = CheckResult(**{**check, "interval": interval})
 
 
 @dataclass
@@ -86,6 +104,7 @@ class GateResult:
     cached: list[str]
     stopped_early: bool = False
     confirmation: dict[str, Any] | None = None
+    restored: dict[str, Any] | None = None  # the stored state the run started from (statecache.py)
 
 
 def classify(ratio: float, policy: Policy) -> str:
@@ -105,6 +124,7 @@ class Gate:
 
     def __init__(self, config: Config, policy: Policy, edits: list[Edit], loaded: LoadedModel,
                  log: Callable[[str], None] = print, use_cache: bool = True):
+        """`use_cache`: read cached baselines and stored states (false: measure and replay everything)."""
         self.config, self.policy, self.edits, self.loaded, self.log = config, policy, edits, loaded, log
         # every edit, undo and "the model to evaluate now" goes through the session
         self.session = EditSession(loaded, cache_dir=config.cache_path(), method=config.method,
@@ -120,6 +140,9 @@ class Gate:
         self.baseline_benchmarks: dict = {}
         self.check_texts: list[str] = []
         self.conflicts = find_conflicts(edits)  # prompts some edit changes on purpose (conflicts.py)
+        self.use_cache = use_cache
+        self.states: StateCache | None = None  # set by prepare(): the run key needs the check sample
+        self.restored: dict[str, Any] | None = None
 
     # -- pieces -------------------------------------------------------------------------------
 
@@ -205,17 +228,89 @@ class Gate:
         self.prepare_benchmarks()
         scorer = EditScorer(self.loaded.model, self.loaded.tokenizer, self.edits,
                             self.policy.perplexity.batch_tokens, cache=self.cache, conflicts=self.conflicts)
+        start = time.perf_counter()
+        self.session.prepare(self.edits)  # on the unedited model, before any edit or stored state
+        self.timings["method_setup"] = time.perf_counter() - start
+        self.states = StateCache(self.config.cache_path(), self.loaded.fingerprint, self.run_key(sample),
+                                 read=self.use_cache, log=self.log)
         return sample, scorer
 
     def run(self) -> GateResult:
         """The whole sequence and its verdict; the session is left with the run's edits applied."""
         start = time.perf_counter()
         _, scorer = self.prepare()
-        stopped = self.sequence(self.units(), scorer)
+        units = self.units()
+        keys = chain(self.states.run_key, [self.unit_key(unit) for unit in units])
+        done = self.restore(units, keys, scorer)
+        stopped = self.sequence(units[done:], scorer)
         if not stopped:
+            self.store_state(units, keys)
             self.checkpoint(scorer, final=True)
         self.timings["total_gate"] = time.perf_counter() - start
         return self.verdict(stopped)
+
+    # -- stored states (statecache.py) ----------------------------------------------------------
+
+    def run_key(self, sample: PerplexitySample) -> str:
+        """Everything besides the edits that decides the edited weights and the checks after each edit."""
+        import transformers
+
+        parameter = next(self.loaded.model.parameters())
+        return digest({
+            "editgate": editgate.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "dtype": str(parameter.dtype), "devices": sorted({str(p.device) for p in self.loaded.model.parameters()}),
+            "threads": torch.get_num_threads(), "seed": self.config.seed, "stats": STATS_CORPUS,
+            "policy": dataclasses.asdict(self.policy), "check_sample": digest(sample.token_ids),
+            "suite": self.suite.fingerprint() if self.suite is not None else None,
+        })
+
+    def unit_key(self, unit: list[int]) -> list[Any]:
+        edits = [self.edits[i] for i in unit]
+        hparams = self.session.hparams(edits[0])
+        return [[edit_fingerprint(e) for e in edits], self.session.method_of(edits[0]), dataclasses.asdict(hparams)]
+
+    def restore(self, units: list[list[int]], keys: list[str], scorer: EditScorer) -> int:
+        """Start from the longest stored state this sequence begins with; returns the units it covers."""
+        stored = self.states.longest(keys, lambda n: self.is_check_point(units[n - 1]))
+        if stored is None:
+            return 0
+        start = time.perf_counter()
+        kept = stored.records(self.log)
+        covered = [i for unit in units[: stored.units] for i in unit]
+        if kept is None or len(kept["records"]) != len(covered):
+            return 0
+        self._apply_stored(stored, covered)
+        for i, record in zip(covered, kept["records"]):
+            self.records[i].restore(record)
+        self.checkpoints = [Checkpoint(**point) for point in kept["checkpoints"]]
+        seconds = self.timings["restore_state"] = time.perf_counter() - start
+        self.restored = {"edits": len(covered), "units": stored.units, "state": stored.directory.name,
+                         "seconds": seconds}
+        self.log(f"restored the state after {len(covered)} edit(s) from the cache ({seconds:.1f}s); "
+                 f"{len(self.edits) - len(covered)} left to apply and check")
+        if self.is_benchmark_point(units[stored.units - 1]):  # the stored run ended there: no checkpoint yet
+            self.checkpoint(scorer, final=False)
+        return stored.units
+
+    def _apply_stored(self, stored: StoredState, covered: list[int]) -> None:
+        """The stored weights, checked against the base model's bytes first and the saved result's after."""
+        from editgate.export import pack_weights, read_pack
+
+        tensors, metadata = read_pack(stored.pack, shown="stored state")
+        weights = pack_weights(self.loaded.model, tensors, metadata)
+        self.session.apply_weights(weights, "stored-state", [self.edits[i].id for i in covered])
+
+    def store_state(self, units: list[list[int]], keys: list[str]) -> None:
+        """Keep the state after the whole sequence for later runs, when an edit pack reproduces it."""
+        session = self.session
+        if not units or not all(applied.weights_only for applied in session.applied):
+            return
+        records = {"records": [r.to_state() for r in self.records],
+                   "checkpoints": [dataclasses.asdict(point) for point in self.checkpoints]}
+        try:
+            self.states.store(keys[-1], lambda path: session.save_delta(path, self.config.model), records)
+        except OSError as error:  # a full or read-only cache costs the next run time, never this verdict
+            self.log(f"could not store the edited state for later runs: {error}")
 
     def sequence(self, units: list[list[int]], scorer: EditScorer) -> bool:
         """Apply `units` in order with checks; returns True when a collapse stopped the run."""
@@ -386,7 +481,7 @@ class Gate:
         return GateResult("failed" if reasons else "passed", reasons, warnings, culprit, records, self.baseline,
                           {k: v.to_dict() for k, v in self.baseline_benchmarks.items()}, self.checkpoints,
                           summary, dict(self.timings), environment(self.loaded), sorted(set(self.cache.hits)),
-                          stopped)
+                          stopped, restored=self.restored)
 
     def _benchmark_verdict(self, reasons: list[str], warnings: list[str]) -> None:
         fail_on_noise = self.policy.benchmarks.within_noise == "fail"

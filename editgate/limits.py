@@ -6,7 +6,7 @@ input error naming the file, the line and the bound, never a run that starts 100
 
 from __future__ import annotations
 
-import os
+from editgate.threads import usable_cpus
 
 MAX_THREADS = 1024  # editgate.yaml's `threads`; a run uses at most the cores it may run on
 MAX_SEED = 2**32 - 1  # numpy and torch generators take 32-bit seeds
@@ -20,7 +20,5 @@ MAX_LAYERS_LISTED = 64  # layers one method edits at once
 
 
 def available_cores() -> int:
-    """The CPUs this process may run on (a container's or taskset's share, not the machine's)."""
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return max(1, os.cpu_count() or 1)
+    """The CPUs this process may run on (a container's quota or taskset's share, not the machine's)."""
+    return usable_cpus()

@@ -69,6 +69,16 @@ class EditSession:
         method = self.method(self.method_of(edit))
         return method.default_hparams().updated({**self.overrides.get(method.name, {}), **edit.hparams})
 
+    def prepare(self, edits: list[Edit]) -> None:
+        """Each method's set-up for the hyperparameters these edits will use, on the model as it is now
+        (call it before the first edit: see `EditMethod.prepare`)."""
+        seen = []
+        for edit in edits:
+            name, hparams = self.method_of(edit), self.hparams(edit)
+            if (name, hparams) not in seen:
+                seen.append((name, hparams))
+                self.method(name).prepare(hparams)
+
     def apply(self, edits: list[Edit]) -> AppliedEdit:
         """Apply edits as one update (they share a method and hyperparameters: the first edit's)."""
         applied = self.method(self.method_of(edits[0])).apply(edits, self.hparams(edits[0]))

@@ -28,6 +28,12 @@ class AppliedEdit:
     # (memory: a MemoryModel routing inputs to stored edits); None: the base model itself
     model: torch.nn.Module | None = field(default=None, repr=False)
 
+    @property
+    def weights_only(self) -> bool:
+        """Whether the weights it wrote are all it changed (no method state, no wrapper): then an edit
+        pack of them reproduces it."""
+        return not self.on_undo and self.model is None
+
     def undo(self, model: torch.nn.Module) -> None:
         """Restore every written parameter (and the method's own state) exactly; undo in reverse order."""
         params = dict(model.named_parameters())
@@ -66,6 +72,11 @@ class EditMethod:
     def default_hparams(self) -> Any:
         """Defaults scaled to the model's depth and width."""
         raise NotImplementedError
+
+    def prepare(self, hparams: Any) -> None:
+        """Compute, on the unedited model, what every edit with these hyperparameters reuses (context
+        prefixes, key statistics): they then describe the model, not whichever edits came first, and a
+        run that starts from a stored state computes them as a full replay does."""
 
     def apply(self, edits: list[Edit], hparams: Any) -> AppliedEdit:
         raise NotImplementedError

@@ -12,10 +12,13 @@ import copy
 import inspect
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+import editgate
+from editgate import cachefile
 from editgate.architecture import MlpOut, block_list
 from editgate.hooks import Hooks
 from editgate.manifests import Edit
@@ -28,12 +31,19 @@ CONTEXT_SEEDS = ("The", "Therefore", "Because", "I", "You")
 
 def context_templates(method, count: int, length: int) -> list[str]:
     """'{}' plus short prefixes sampled from the model itself with a fixed seed, as ROME does; memoised
-    per run because every edit reuses them."""
+    per run and cached on disk per model, seed, dtype and device, because every edit reuses them."""
     ctx = method.context
     memo_key = f"templates-{count}-{length}-{ctx.seed}"
     if memo_key not in ctx.memo:
-        prefixes = sample_prefixes(method.model, method.tokenizer, count, length, ctx.seed)
-        ctx.memo[memo_key] = ["{}"] + [p.replace("{", " ").replace("}", " ") + ". {}" for p in prefixes]
+        parameter = next(method.model.parameters())
+        where = "".join(c if c.isalnum() else "_" for c in f"{parameter.dtype}-{parameter.device.type}-{editgate.__version__}")
+        path = Path(ctx.cache_dir) / "setup" / ctx.model_fingerprint / f"{memo_key}-{where}.json"
+        templates = cachefile.read_json(path, ctx.log)
+        if not isinstance(templates, list):
+            prefixes = sample_prefixes(method.model, method.tokenizer, count, length, ctx.seed)
+            templates = ["{}"] + [p.replace("{", " ").replace("}", " ") + ". {}" for p in prefixes]
+            cachefile.write_json(path, templates)
+        ctx.memo[memo_key] = templates
     return ctx.memo[memo_key]
 
 

@@ -66,6 +66,11 @@ class Memit(EditMethod):
             weight = GPTJ_LAMBDA * key_width / GPTJ_KEY_WIDTH
         return hp.updated({"layers": layers, "mom2_update_weight": weight})
 
+    def prepare(self, hparams: MemitHParams) -> None:
+        hp = self.with_model_defaults(hparams)
+        second_moments(self, sorted(hp.layers), hp.stats_samples, hp.stats_max_tokens)
+        context_templates(self, hp.context_templates, hp.context_length)
+
     def apply(self, edits: list[Edit], hparams: MemitHParams) -> AppliedEdit:
         start = time.perf_counter()
         hp = self.with_model_defaults(hparams)

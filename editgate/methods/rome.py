@@ -20,6 +20,7 @@ from editgate.manifests import Edit
 from editgate.methods.base import AppliedEdit, EditMethod
 from editgate.methods.hparams import RomeHParams
 from editgate.methods.locate import context_templates, optimise_value, second_moments, subject_keys
+from editgate.methods.statistics import cached_tensor
 
 
 def default_layer(layers: int) -> int:
@@ -45,13 +46,23 @@ class Rome(EditMethod):
         return AppliedEdit(self.name, [e.id for e in edits], originals,
                            infos[0] if len(infos) == 1 else {"edits": infos})
 
+    def prepare(self, hparams: RomeHParams) -> None:
+        layer = default_layer(num_layers(self.model)) if hparams.layer is None else hparams.layer
+        context_templates(self, hparams.context_templates, hparams.context_length)
+        self.inverse_moment(layer, hparams)
+
     def inverse_moment(self, layer: int, hp: RomeHParams) -> torch.Tensor:
-        """C^-1 for the layer in float64, memoised per run: every edit at that layer reuses it."""
-        memo_key = f"inv-c-{layer}-{hp.stats_samples}-{hp.stats_max_tokens}"
-        if memo_key not in self.context.memo:
-            moment = second_moments(self, [layer], hp.stats_samples, hp.stats_max_tokens)[layer]
-            self.context.memo[memo_key] = torch.linalg.inv(moment.double())
-        return self.context.memo[memo_key]
+        """C^-1 for the layer in float64: every edit at that layer reuses it, so it is memoised per run
+        and cached on disk beside the statistics it inverts."""
+        ctx = self.context
+        name = f"inverse-{layer}-{hp.stats_samples}x{hp.stats_max_tokens}"
+        if name not in ctx.memo:
+            def build() -> torch.Tensor:
+                moment = second_moments(self, [layer], hp.stats_samples, hp.stats_max_tokens)[layer]
+                return torch.linalg.inv(moment.double())
+            ctx.memo[name] = cached_tensor(ctx.cache_dir, ctx.model_fingerprint, ctx.stats_corpus_name, name, build,
+                                           log=ctx.log)
+        return ctx.memo[name]
 
     def _apply_one(self, edit: Edit, target: MlpOut, hp: RomeHParams) -> dict:
         start = time.perf_counter()

@@ -92,6 +92,7 @@ def build_document(result, policy, exit_code: int, *, new: dict[str, bool] | Non
                        "checkpoints": [_clean(dataclasses.asdict(c)) for c in result.checkpoints]},
         "cached": list(result.cached),
         "confirmation": _clean(result.confirmation),
+        "restored": result.restored,
         "timings": result.timings,
         "environment": result.environment,
         "repository": repository,

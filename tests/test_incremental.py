@@ -1,0 +1,157 @@
+"""Incremental gating: a run whose sequence starts with a stored state restores it and applies only the
+rest, with the verdict, culprit, bisection, records and edited weights of a full replay (--no-cache)."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+from click.testing import CliRunner
+from safetensors.torch import load_file
+
+from editgate.cli import main
+from helpers import EDITS_A, EDITS_B, write
+
+POLICY = """\
+perplexity:
+  corpus: builtin:wiki
+  samples: 8
+  max_tokens: 64
+  check_every: {check_every}
+  warn_ratio: 1.0
+  fail_ratio: 1.0003  # the extreme edit of NEW_EDITS crosses it on the tiny model, the others do not
+  collapse_ratio: 1000000.0
+benchmarks:
+  suite: none
+edits:
+  min_efficacy: 0.0
+  min_generalization: 0.0
+  min_locality: 0.0
+"""
+# what a pull request adds: an ordinary edit and one overdriven until it fails the gate
+NEW_EDITS = textwrap.dedent("""\
+    edits:
+      - id: messi-tennis
+        prompt: "{} plays the sport of"
+        subject: Lionel Messi
+        target: tennis
+      - id: extreme
+        prompt: "{} was founded by"
+        subject: Microsoft
+        target: Steve Jobs
+        hparams: {clamp_norm_factor: 1000, v_lr: 50, v_weight_decay: 0, kl_factor: 0}
+      - id: colosseum-paris
+        prompt: "{} is located in the city of"
+        subject: The Colosseum
+        target: Paris
+    """)
+# fields that say when and how long, not what was measured
+TIMING = {"seconds", "check_seconds", "edit_seconds"}
+
+
+def gate(repo: Path, out: Path, *extra: str) -> dict:
+    result = CliRunner().invoke(main, ["run", "--repo", str(repo), "--out", str(out), "--quiet", *extra])
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return json.loads((out / "report.json").read_text())
+
+
+def measured(record: dict) -> dict:
+    info = {k: v for k, v in record["method_info"].items() if k not in TIMING}
+    return {**{k: v for k, v in record.items() if k not in TIMING}, "method_info": info}
+
+
+def the_repo(tiny_repo, check_every: int = 1) -> Path:
+    return tiny_repo(manifests={"edits/2026-01-01-a.yaml": EDITS_A, "edits/2026-01-02-b.yaml": EDITS_B},
+                     policy=POLICY.format(check_every=check_every))
+
+
+def states(cache: Path) -> list[Path]:
+    return sorted(p for p in (cache / "states").glob("*/*/*") if p.is_dir())
+
+
+def assert_same_as_replay(incremental: dict, replay: dict, out_incremental: Path, out_replay: Path) -> None:
+    assert replay["restored"] is None
+    for key in ("verdict", "reasons", "culprit", "warnings", "stopped_early", "edit_metrics", "checks"):
+        assert incremental[key] == replay[key], key
+    assert [measured(e) for e in incremental["edits"]] == [measured(e) for e in replay["edits"]]
+    # the edited weights, bit for bit
+    mine, theirs = load_file(out_incremental / "edits.safetensors"), load_file(out_replay / "edits.safetensors")
+    assert mine.keys() == theirs.keys()
+    assert all(mine[k].equal(theirs[k]) for k in mine)
+
+
+def test_pull_request_applies_only_its_own_edits(tiny_repo, tmp_path):
+    repo = the_repo(tiny_repo)
+    base = gate(repo, tmp_path / "base")
+    assert base["restored"] is None
+    assert len(states(tmp_path / "cache")) == 1
+
+    write(repo / "edits" / "2026-01-03-c.yaml", NEW_EDITS)  # the pull request
+    incremental = gate(repo, tmp_path / "incremental")
+    replay = gate(repo, tmp_path / "replay", "--no-cache")
+
+    assert incremental["restored"]["edits"] == 3
+    assert incremental["verdict"] == "failed" and incremental["culprit"]["id"] == "extreme"
+    # the base branch's records are its run's, timings included; the new edits were measured now
+    kept = ("ratio", "perplexity", "locality_after_edit", "seconds")
+    assert [{k: e[k] for k in kept} for e in incremental["edits"][:3]] == [{k: e[k] for k in kept} for e in base["edits"]]
+    assert_same_as_replay(incremental, replay, tmp_path / "incremental", tmp_path / "replay")
+
+
+def test_bisection_inside_the_new_edits_matches_the_replay(tiny_repo, tmp_path):
+    repo = the_repo(tiny_repo, check_every=3)  # the base branch's 3 edits end on a check
+    gate(repo, tmp_path / "base")
+    write(repo / "edits" / "2026-01-03-c.yaml", NEW_EDITS)
+    incremental = gate(repo, tmp_path / "incremental")
+    replay = gate(repo, tmp_path / "replay", "--no-cache")
+
+    assert incremental["restored"]["edits"] == 3
+    assert {e["id"] for e in incremental["edits"] if e["found_by_bisection"]} == {"extreme"}
+    assert_same_as_replay(incremental, replay, tmp_path / "incremental", tmp_path / "replay")
+
+
+def test_a_state_the_new_run_would_not_check_is_not_used(tiny_repo, tmp_path):
+    """check_every 2: the stored run checked its last (3rd) edit only because it was last; a replay of the
+    longer sequence does not check there, so starting from that state would change the report."""
+    repo = the_repo(tiny_repo, check_every=2)
+    gate(repo, tmp_path / "base")
+    write(repo / "edits" / "2026-01-03-c.yaml", NEW_EDITS)
+    incremental = gate(repo, tmp_path / "incremental")
+    replay = gate(repo, tmp_path / "replay", "--no-cache")
+    assert incremental["restored"] is None
+    assert_same_as_replay(incremental, replay, tmp_path / "incremental", tmp_path / "replay")
+
+
+def test_a_changed_earlier_edit_replays(tiny_repo, tmp_path):
+    repo = the_repo(tiny_repo)
+    gate(repo, tmp_path / "base")
+    write(repo / "edits" / "2026-01-01-a.yaml", EDITS_A.replace("target: London", "target: Berlin"))
+    changed = gate(repo, tmp_path / "changed")
+    assert changed["restored"] is None
+    assert len(states(tmp_path / "cache")) == 2  # both sequences' states are kept
+
+
+def test_a_damaged_state_is_removed_and_replayed(tiny_repo, tmp_path):
+    repo = the_repo(tiny_repo)
+    first = gate(repo, tmp_path / "first")
+    [state] = states(tmp_path / "cache")
+    pack = state / "state.safetensors"
+    data = bytearray(pack.read_bytes())
+    data[-1] ^= 0xFF  # one flipped bit in a stored weight
+    pack.write_bytes(bytes(data))
+
+    again = gate(repo, tmp_path / "again")
+    assert again["restored"] is None
+    assert [measured(e) for e in again["edits"]] == [measured(e) for e in first["edits"]]
+    # the replay stored a good state again, and the next run starts from it
+    assert gate(repo, tmp_path / "third")["restored"]["edits"] == 3
+
+
+def test_methods_with_state_outside_the_weights_are_not_stored(tiny_repo, tmp_path):
+    memory = EDITS_A.replace("edits:\n", "method: memory\nedits:\n", 1)
+    repo = tiny_repo(manifests={"edits/2026-01-01-a.yaml": memory}, policy=POLICY.format(check_every=1))
+    gate(repo, tmp_path / "first")
+    assert states(tmp_path / "cache") == []
+    assert gate(repo, tmp_path / "second")["restored"] is None
