@@ -96,7 +96,8 @@ def test_pull_request_applies_only_its_own_edits(tiny_repo, tmp_path):
     assert incremental["verdict"] == "failed" and incremental["culprit"]["id"] == "extreme"
     # the base branch's records are its run's, timings included; the new edits were measured now
     kept = ("ratio", "perplexity", "locality_after_edit", "seconds")
-    assert [{k: e[k] for k in kept} for e in incremental["edits"][:3]] == [{k: e[k] for k in kept} for e in base["edits"]]
+    restored = [{k: e[k] for k in kept} for e in incremental["edits"][:3]]
+    assert restored == [{k: e[k] for k in kept} for e in base["edits"]]
     assert_same_as_replay(incremental, replay, tmp_path / "incremental", tmp_path / "replay")
 
 

@@ -36,7 +36,8 @@ def context_templates(method, count: int, length: int) -> list[str]:
     memo_key = f"templates-{count}-{length}-{ctx.seed}"
     if memo_key not in ctx.memo:
         parameter = next(method.model.parameters())
-        where = "".join(c if c.isalnum() else "_" for c in f"{parameter.dtype}-{parameter.device.type}-{editgate.__version__}")
+        made_by = f"{parameter.dtype}-{parameter.device.type}-{editgate.__version__}"
+        where = "".join(c if c.isalnum() else "_" for c in made_by)
         path = Path(ctx.cache_dir) / "setup" / ctx.model_fingerprint / f"{memo_key}-{where}.json"
         templates = cachefile.read_json(path, ctx.log)
         if not isinstance(templates, list):
