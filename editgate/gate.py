@@ -67,11 +67,13 @@ class EditRecord:
     def to_state(self) -> dict[str, Any]:
         """What a stored state keeps of this record (everything measured; the edit is the new run's)."""
         kept = {name: getattr(self, name) for name in self._KEPT}
-        return {**kept, "check": dataclasses.asdict(self.check) if self.check else None}
+        return {**kept, "check": dataclasses.asdict(self.check) if self.check else None,
+                "scores": self.scores.to_dict() if self.scores else None}
 
     def restore(self, kept: dict[str, Any]) -> None:
         for name in self._KEPT:
             setattr(self, name, kept[name])
+        self.scores = EditScores(**kept["scores"]) if kept["scores"] else None
         check = kept["check"]
         if check is not None:
             interval = tuple(check["interval"]) if check["interval"] else None
@@ -244,8 +246,9 @@ class Gate:
         done = self.restore(units, keys, scorer)
         stopped = self.sequence(units[done:], scorer)
         if not stopped:
+            if not self.checkpoints or self.checkpoints[-1].edits < len(self.edits):  # not restored with the state
+                self.checkpoint(scorer, final=True)
             self.store_state(units, keys)
-            self.checkpoint(scorer, final=True)
         self.timings["total_gate"] = time.perf_counter() - start
         return self.verdict(stopped)
 
@@ -282,7 +285,10 @@ class Gate:
         self._apply_stored(stored, covered)
         for i, record in zip(covered, kept["records"]):
             self.records[i].restore(record)
-        self.checkpoints = [Checkpoint(**point) for point in kept["checkpoints"]]
+        # the stored run's checkpoints; its final one is this run's too when nothing is left to apply
+        whole = len(covered) == len(self.edits)
+        self.checkpoints = [Checkpoint(**point) for point in kept["checkpoints"]
+                            if whole or point["edits"] < len(covered)]
         seconds = self.timings["restore_state"] = time.perf_counter() - start
         self.restored = {"edits": len(covered), "units": stored.units, "state": stored.directory.name,
                          "seconds": seconds}
@@ -301,7 +307,8 @@ class Gate:
         self.session.apply_weights(weights, "stored-state", [self.edits[i].id for i in covered])
 
     def store_state(self, units: list[list[int]], keys: list[str]) -> None:
-        """Keep the state after the whole sequence for later runs, when an edit pack reproduces it."""
+        """Keep the state after the whole sequence, its records and checkpoints (the final one too) for
+        later runs, when an edit pack reproduces it."""
         session = self.session
         if not units or not all(applied.weights_only for applied in session.applied):
             return

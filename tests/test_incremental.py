@@ -156,3 +156,16 @@ def test_methods_with_state_outside_the_weights_are_not_stored(tiny_repo, tmp_pa
     gate(repo, tmp_path / "first")
     assert states(tmp_path / "cache") == []
     assert gate(repo, tmp_path / "second")["restored"] is None
+
+
+def test_an_unchanged_repository_restores_its_whole_run(tiny_repo, tmp_path):
+    """The second run of the same sequence restores every edit and the final checkpoint with them."""
+    repo = tiny_repo(manifests={"edits/2026-01-01-a.yaml": EDITS_A, "edits/2026-01-02-b.yaml": EDITS_B},
+                     policy=POLICY.format(check_every=1).replace("suite: none", "suite: builtin:small"))
+    first = gate(repo, tmp_path / "first")
+    second = gate(repo, tmp_path / "second")
+    assert second["restored"]["edits"] == 3
+    for key in ("verdict", "reasons", "culprit", "warnings", "edit_metrics", "checks"):
+        assert second[key] == first[key], key
+    assert second["benchmarks"] == first["benchmarks"]  # the checkpoint's seconds too: not measured again
+    assert [measured(e) for e in second["edits"]] == [measured(e) for e in first["edits"]]
