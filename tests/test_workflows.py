@@ -74,8 +74,10 @@ def test_the_sample_workflow_is_the_init_template():
 def test_sample_workflow_structure():
     text = (REPO_ROOT / ".github/workflows/editgate.yml").read_text(encoding="utf-8")
     workflow = _load(".github/workflows/editgate.yml")
-    assert set(workflow["on"]) == {"pull_request"}
+    assert set(workflow["on"]) == {"pull_request", "push"}
     assert {"edits/**", "policies/**", "editgate.yaml"} <= set(workflow["on"]["pull_request"]["paths"])
+    # the default branch warms the cache with its edited state for the pull requests based on it
+    assert workflow["on"]["push"] == {"branches": ["main"], "paths": workflow["on"]["pull_request"]["paths"]}
     job = workflow["jobs"]["gate"]
     assert job["runs-on"] == ["self-hosted", "gpu"]
     assert "head.repo.full_name == github.repository" in job["if"]  # fork PRs are skipped
@@ -87,13 +89,15 @@ def test_sample_workflow_structure():
     cache = next(s for s in steps if s.get("uses", "").startswith("actions/cache@"))
     assert cache["with"]["path"] == "~/.cache/editgate"
     assert "steps.keys.outputs.model" in cache["with"]["key"] and "steps.keys.outputs.version" in cache["with"]["key"]
+    assert cache["with"]["key"].endswith("-${{ github.sha }}")  # each commit its entry; pull requests restore:
+    assert cache["with"]["restore-keys"].strip() == cache["with"]["key"].removesuffix("${{ github.sha }}")
     run = next(s for s in steps if "editgate run" in s.get("run", ""))
     assert re.search(r'editgate run --base-ref "origin/\$BASE_REF" --out editgate-report', run["run"])
     assert run["env"]["BASE_REF"] == "${{ github.base_ref }}"
     upload = next(s for s in steps if s.get("uses", "").startswith("actions/upload-artifact@"))
     assert upload["if"] == "always()" and upload["with"]["path"].startswith("editgate-report")
     comment = next(s for s in steps if s.get("uses", "").startswith("actions/github-script@"))
-    assert comment["if"].startswith("always()")
+    assert comment["if"].startswith("always()") and "github.event_name == 'pull_request'" in comment["if"]
     script = comment["with"]["script"]
     assert "<!-- editgate-report -->" in script and "updateComment" in script and "createComment" in script
     assert workflow["permissions"] == {"contents": "read", "pull-requests": "write"}
