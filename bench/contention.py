@@ -4,9 +4,12 @@
     python bench/contention.py --texts 30     # a shorter check
 
 Each measurement runs in a fresh worker process (OpenMP reads its settings when torch is imported) on
-the embedded model with editgate's thread count (the CPUs the process may use):
-  - "editgate": as editgate starts torch (OMP_WAIT_POLICY=PASSIVE, editgate/threads.py);
-  - "torch default": torch imported before editgate, so OpenMP keeps its default spin-then-sleep wait.
+the embedded model with editgate's thread count (the CPUs the process may use), under one OpenMP
+wait setting given in its environment:
+  - "passive": OMP_WAIT_POLICY=PASSIVE, a waiting thread sleeps at once;
+  - "short spin": GOMP_SPINCOUNT=1000, it spins about a thousand times, then sleeps;
+  - "torch default": neither, libgomp's default (it spins 300,000 times before it sleeps).
+`editgate/threads.py` names the one editgate sets.
 The worker makes one ROME edit to warm the set-up (context prefixes, inverse covariance), then times
 one more edit and one full perplexity pass over --texts texts of builtin:wiki. The competitors:
   - "busy loop": one single-threaded Python process spinning (`while True: pass`);
@@ -32,15 +35,13 @@ COMPETITORS = {
     "busy loop": [sys.executable, "-c", "while True: pass"],
     "torch job": [sys.executable, "-c", "import torch\na = torch.randn(1024, 1024)\nwhile True: a @ a"],
 }
-SETTINGS = ("editgate", "torch default")
+SETTINGS = {"passive": {"OMP_WAIT_POLICY": "PASSIVE"}, "short spin": {"GOMP_SPINCOUNT": "1000"},
+            "torch default": {}}
 
 
-def worker(setting: str, texts: int) -> dict:
-    """One measurement in this process (run as `--worker SETTING`)."""
-    if setting == "torch default":
-        import torch  # noqa: F401 - before editgate: OpenMP starts with its own default wait policy
-    else:
-        import editgate  # noqa: F401 - first, as the CLI does: it configures OpenMP before torch loads
+def worker(texts: int) -> dict:
+    """One measurement in this process (run as `--worker`), torch imported first: the environment's
+    OpenMP settings are the ones it starts with."""
     sys.path.insert(0, str(HERE))
     import torch
     from _common import CACHE, counterfact_edits, load_embedded
@@ -61,15 +62,16 @@ def worker(setting: str, texts: int) -> dict:
     start = time.perf_counter()
     perplexity(session.model, sample)
     return {"edit_seconds": edit_seconds, "check_seconds": time.perf_counter() - start,
-            "threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
+            "threads": torch.get_num_threads()}
 
 
 def measure(setting: str, competitor: str | None, texts: int) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS")}
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS")}
+    env.update(SETTINGS[setting])
     rival = subprocess.Popen(COMPETITORS[competitor]) if competitor else None
     try:
         time.sleep(1.0 if rival else 0.0)
-        out = subprocess.run([sys.executable, __file__, "--worker", setting, "--texts", str(texts)], env=env,
+        out = subprocess.run([sys.executable, __file__, "--worker", "--texts", str(texts)], env=env,
                              check=True, capture_output=True, text=True).stdout
     finally:
         if rival:
@@ -81,10 +83,10 @@ def measure(setting: str, competitor: str | None, texts: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--texts", type=int, default=60)
-    parser.add_argument("--worker", choices=SETTINGS, help=argparse.SUPPRESS)
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker, args.texts)))
+        print(json.dumps(worker(args.texts)))
         return
     sys.path.insert(0, str(HERE))
     from _common import machine, print_table, save_json
@@ -103,7 +105,10 @@ def main() -> None:
             rows.append([setting, f"beside a {competitor}", busy["threads"], busy["edit_seconds"], edit_x,
                          busy["check_seconds"], check_x])
     print_table(["setting", "load", "threads", "edit s", "edit slowdown", "check s", "check slowdown"], rows)
-    path = save_json("contention.json", {"machine": machine(), "texts": args.texts, "results": results})
+    from editgate.threads import OPENMP_SETTINGS
+
+    path = save_json("contention.json", {"machine": machine(), "texts": args.texts, "settings": SETTINGS,
+                                         "editgate_sets": OPENMP_SETTINGS, "results": results})
     print(f"wrote {path}")
 
 

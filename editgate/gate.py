@@ -27,6 +27,7 @@ from editgate.baseline import BaselineCache
 from editgate.config import Config
 from editgate.conflicts import describe, find_conflicts
 from editgate.corpora import sample_texts
+from editgate.errors import InputError, RunError
 from editgate.manifests import Edit, edit_fingerprint
 from editgate.methods import AppliedEdit
 from editgate.metrics.check import CheckResult, PerplexityCheck
@@ -280,9 +281,8 @@ class Gate:
         start = time.perf_counter()
         kept = stored.records(self.log)
         covered = [i for unit in units[: stored.units] for i in unit]
-        if kept is None or len(kept["records"]) != len(covered):
+        if kept is None or len(kept["records"]) != len(covered) or not self._apply_stored(stored, covered):
             return 0
-        self._apply_stored(stored, covered)
         for i, record in zip(covered, kept["records"]):
             self.records[i].restore(record)
         # the stored run's checkpoints; its final one is this run's too when nothing is left to apply
@@ -298,13 +298,19 @@ class Gate:
             self.checkpoint(scorer, final=False)
         return stored.units
 
-    def _apply_stored(self, stored: StoredState, covered: list[int]) -> None:
-        """The stored weights, checked against the base model's bytes first and the saved result's after."""
+    def _apply_stored(self, stored: StoredState, covered: list[int]) -> bool:
+        """The stored weights, checked against the base model's bytes first and the saved result's after;
+        False (nothing written) when they cannot be used: the run then replays."""
         from editgate.export import pack_weights, read_pack
 
-        tensors, metadata = read_pack(stored.pack, shown="stored state")
-        weights = pack_weights(self.loaded.model, tensors, metadata)
+        try:
+            tensors, metadata = read_pack(stored.pack, shown="stored state")
+            weights = pack_weights(self.loaded.model, tensors, metadata)
+        except (InputError, RunError, OSError) as error:  # removed by another job's pruning, say
+            self.log(f"the stored state {stored.directory.name} cannot be used ({error}); replaying")
+            return False
         self.session.apply_weights(weights, "stored-state", [self.edits[i].id for i in covered])
+        return True
 
     def store_state(self, units: list[list[int]], keys: list[str]) -> None:
         """Keep the state after the whole sequence, its records and checkpoints (the final one too) for

@@ -20,13 +20,15 @@ import math
 import os
 from pathlib import Path
 
-WAIT_POLICY = "PASSIVE"
+OPENMP_SETTINGS = {"OMP_WAIT_POLICY": "PASSIVE"}  # bench/contention.py compares the choices
+USER_SETTINGS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")  # a user who set either keeps their choice
 CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")  # cgroup v2: "<quota> <period>" or "max <period>"
 
 
 def configure_openmp() -> None:
-    """Passive OpenMP waiting, unless the user chose otherwise; effective only before torch is imported."""
-    os.environ.setdefault("OMP_WAIT_POLICY", WAIT_POLICY)
+    """editgate's OpenMP waiting, unless the user chose one; effective only before torch is imported."""
+    if not any(name in os.environ for name in USER_SETTINGS):
+        os.environ.update(OPENMP_SETTINGS)
 
 
 def cgroup_cpus(cpu_max: Path = CGROUP_CPU_MAX) -> int | None:

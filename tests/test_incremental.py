@@ -4,6 +4,7 @@ rest, with the verdict, culprit, bisection, records and edited weights of a full
 from __future__ import annotations
 
 import json
+import shutil
 import textwrap
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 
 from editgate.cli import main
-from helpers import EDITS_A, EDITS_B, write
+from helpers import EDITS_A, EDITS_B, write, write_repo
 
 POLICY = """\
 perplexity:
@@ -99,6 +100,8 @@ def test_pull_request_applies_only_its_own_edits(tiny_repo, tmp_path):
     restored = [{k: e[k] for k in kept} for e in incremental["edits"][:3]]
     assert restored == [{k: e[k] for k in kept} for e in base["edits"]]
     assert_same_as_replay(incremental, replay, tmp_path / "incremental", tmp_path / "replay")
+    markdown = (tmp_path / "incremental" / "report.md").read_text()
+    assert "started from the stored state after the first 3 edits" in markdown
 
 
 def test_bisection_inside_the_new_edits_matches_the_replay(tiny_repo, tmp_path):
@@ -169,3 +172,22 @@ def test_an_unchanged_repository_restores_its_whole_run(tiny_repo, tmp_path):
         assert second[key] == first[key], key
     assert second["benchmarks"] == first["benchmarks"]  # the checkpoint's seconds too: not measured again
     assert [measured(e) for e in second["edits"]] == [measured(e) for e in first["edits"]]
+
+
+def test_a_state_stored_for_another_model_is_refused_and_replayed(tiny_model_dir, tmp_path):
+    """A cache entry that is intact but holds another model's weights (a copied or tampered cache): the
+    base hashes in its pack do not match, so the run replays instead of writing those weights."""
+    manifests = {"edits/2026-01-01-a.yaml": EDITS_A}
+    policy = POLICY.format(check_every=1)
+    first_model = write_repo(tmp_path / "one", tiny_model_dir("llama", 4, seed=0), manifests, policy)
+    other_model = write_repo(tmp_path / "two", tiny_model_dir("llama", 4, seed=1), manifests, policy)
+    gate(first_model, tmp_path / "one-out")
+    own = gate(other_model, tmp_path / "two-out")
+    [mine] = [p for p in states(tmp_path / "cache") if p.parent.parent.name == own["environment"]["model_fingerprint"]]
+    [foreign] = [p for p in states(tmp_path / "cache") if p != mine]
+    shutil.rmtree(mine)
+    shutil.copytree(foreign, mine)  # an intact entry (its manifest matches) of the wrong model
+
+    again = gate(other_model, tmp_path / "again")
+    assert again["restored"] is None
+    assert [measured(e) for e in again["edits"]] == [measured(e) for e in own["edits"]]

@@ -78,6 +78,12 @@ def _warnings(doc: dict[str, Any]) -> list[str]:
         out.append(f"- … and {len(warnings) - 50} more in report.json")
     if doc.get("cached"):
         out += ["", f"Baseline from the cache: {', '.join(doc['cached'])} (not measured again)."]
+    if restored := doc.get("restored"):
+        whole = restored["edits"] == len(doc.get("edits") or [])
+        rest = ("the whole sequence and its final checkpoint" if whole
+                else f"the first {restored['edits']} edits; only the rest were applied and checked in this run")
+        out += ["", f"Incremental run: started from the stored state after {rest} (their figures and "
+                    "timings are the run that stored it)."]
     return out
 
 
