@@ -12,24 +12,11 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 
 from editgate.cli import main
-from helpers import EDITS_A, EDITS_B, write, write_repo
+from helpers import EDITS_A, EDITS_B, gate_policy, write, write_repo
 
-POLICY = """\
-perplexity:
-  corpus: builtin:wiki
-  samples: 8
-  max_tokens: 64
-  check_every: {check_every}
-  warn_ratio: 1.0
-  fail_ratio: 1.0003  # the extreme edit of NEW_EDITS crosses it on the tiny model, the others do not
-  collapse_ratio: 1000000.0
-benchmarks:
-  suite: none
-edits:
-  min_efficacy: 0.0
-  min_generalization: 0.0
-  min_locality: 0.0
-"""
+# the extreme edit of NEW_EDITS crosses fail_ratio on the tiny model, the others do not
+POLICY = gate_policy(samples=8, max_tokens=64, check_every="{check_every}", warn_ratio=1.0, fail_ratio=1.0003,
+                     collapse_ratio=1000000.0)
 # what a pull request adds: an ordinary edit and one overdriven until it fails the gate
 NEW_EDITS = textwrap.dedent("""\
     edits:
