@@ -23,7 +23,7 @@ from typing import Any, Callable
 import torch
 
 import editgate
-from editgate.baseline import BaselineCache
+from editgate.baseline import BaselineCache, digest
 from editgate.config import Config
 from editgate.conflicts import describe, find_conflicts
 from editgate.corpora import sample_texts
@@ -37,7 +37,7 @@ from editgate.metrics.scoring import MAX_PADDING
 from editgate.models import LoadedModel
 from editgate.policy import Policy
 from editgate.session import STATS_CORPUS, EditSession
-from editgate.statecache import StateCache, StoredState, chain, digest
+from editgate.statecache import StateCache, StoredState, chain
 from editgate.metrics.benchmarks import TaskResult, compare, load_suite
 
 PASS, WARN, FAIL, COLLAPSE = "pass", "warn", "fail", "collapse"
@@ -261,7 +261,7 @@ class Gate:
 
         parameter = next(self.loaded.model.parameters())
         return digest({
-            "editgate": editgate.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "torch": torch.__version__, "transformers": transformers.__version__,  # digest adds editgate's
             "dtype": str(parameter.dtype), "devices": sorted({str(p.device) for p in self.loaded.model.parameters()}),
             "threads": torch.get_num_threads(), "seed": self.config.seed, "stats": STATS_CORPUS,
             "policy": dataclasses.asdict(self.policy), "check_sample": digest(sample.token_ids),

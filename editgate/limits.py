@@ -6,8 +6,6 @@ input error naming the file, the line and the bound, never a run that starts 100
 
 from __future__ import annotations
 
-from editgate.threads import usable_cpus
-
 MAX_THREADS = 1024  # editgate.yaml's `threads`; a run uses at most the cores it may run on
 MAX_SEED = 2**32 - 1  # numpy and torch generators take 32-bit seeds
 MAX_STEPS = 10_000  # optimisation steps of one edit
@@ -17,8 +15,3 @@ MAX_BATCH_TOKENS = 1_048_576  # tokens of one scored batch
 MAX_BATCH_EDITS = 10_000  # edits applied as one update
 MAX_LAYER = 10_000  # a layer index before the model is known (then: below its depth)
 MAX_LAYERS_LISTED = 64  # layers one method edits at once
-
-
-def available_cores() -> int:
-    """The CPUs this process may run on (a container's quota or taskset's share, not the machine's)."""
-    return usable_cpus()

@@ -22,7 +22,7 @@ import torch
 
 from editgate import cachefile
 from editgate.errors import InputError, RunError
-from editgate.limits import available_cores
+from editgate.threads import usable_cpus
 
 BUILTIN_MODELS = {
     # name: (package that ships the file, file name inside it)
@@ -90,7 +90,7 @@ def pick_dtype(dtype: str, device: str) -> torch.dtype:
 def set_threads(threads: int | None) -> int:
     """Pin torch's thread count: a busy CI box must not be oversubscribed by OpenMP's default, and a
     repository cannot ask for more threads than the cores this process may use."""
-    n = min(threads or available_cores(), available_cores())
+    n = min(threads or usable_cpus(), usable_cpus())
     torch.set_num_threads(n)
     return n
 

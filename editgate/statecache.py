@@ -21,23 +21,17 @@ reading, removed when damaged; the newest few per run key are kept.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import os
 import shutil
 from pathlib import Path
 from typing import Any, Callable
 
 from editgate import cachefile
+from editgate.baseline import digest
 
 STATE_FILE = "state.safetensors"
 RECORDS_FILE = "records.json"  # the restored edits' records and the checkpoints among them
 KEEP = 4  # states kept per run key: the default branch's latest, and a few pull requests'
-
-
-def digest(value: Any) -> str:
-    blob = json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:32]
 
 
 def chain(run_key: str, units: list[Any]) -> list[str]:

@@ -141,10 +141,10 @@ def test_hyperparameters_in_a_manifest_are_bounded_and_finite(tmp_path):
 
 
 def test_the_thread_count_a_run_uses_is_at_most_the_cores_it_may_use():
-    from editgate.limits import available_cores
     from editgate.models import set_threads
+    from editgate.threads import usable_cpus
 
-    assert set_threads(10**6) == available_cores()
+    assert set_threads(10**6) == usable_cpus()
 
 
 def test_globs_are_matched_in_bounded_time(tmp_path):
