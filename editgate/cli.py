@@ -222,7 +222,8 @@ def methods() -> None:
         for f in dataclasses.fields(cls.HParams):
             default = f.default if f.default is not dataclasses.MISSING else "(required)"
             shown = "auto (scaled to the model)" if default is None else default
-            click.echo(f"    {f.name} = {shown}")
+            options = f.metadata.get("choices")
+            click.echo(f"    {f.name} = {shown}" + (f"  (one of: {', '.join(options)})" if options else ""))
 
 
 @main.command("cache-key")

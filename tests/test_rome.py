@@ -15,6 +15,7 @@ from editgate.architecture import mlp_out
 from editgate.corpora import sample_texts
 from editgate.manifests import Edit
 from editgate.methods import check_hparams, get_method, method_names
+from editgate.methods.locate import context_templates, subject_keys
 from editgate.methods.rome import Rome, RomeHParams, default_layer
 from editgate.methods.statistics import stats_path
 
@@ -110,6 +111,43 @@ def test_rome_update_is_exact_on_the_subject_key(load_tiny, tmp_path):
     assert int(moved.argmax()) == subject_last
     others = torch.cat([moved[:subject_last], moved[subject_last + 1:]])
     assert moved[subject_last] > 3 * others.max()
+
+
+def test_published_denominator_divides_by_the_bare_prompts_key(load_tiny, tmp_path):
+    """`denominator: published` is kmeng01/rome's update: the same offset and direction C^-1 k*, divided by
+    the bare prompt's key (k_bare^T C^-1 k*) instead of k*^T C^-1 k*. With the subject opening the prompt,
+    k_bare is the sequence's first position and the two denominators differ."""
+    loaded = load_tiny("llama", layers=4)
+    model, tok = loaded.model, loaded.tokenizer
+    rome = rome_on(loaded, tmp_path / "cache")
+    opening = Edit(id="paris", prompt="{} is the capital of", subject="Paris", target="Rome")
+    updates, infos = {}, {}
+    for variant in ("consistent", "published"):
+        hp = tiny_hparams(rome, denominator=variant)
+        target = mlp_out(model, hp.layer)
+        applied = rome.apply([opening], hp)
+        updates[variant] = target.as_out_in(applied.deltas(model)[target.weight_name]).double()
+        infos[variant] = applied.info
+        applied.undo(model)
+    captured = []
+    handle = target.module.register_forward_pre_hook(lambda _m, inputs: captured.append(inputs[0][0].detach()))
+    with torch.no_grad():
+        model(input_ids=torch.tensor([tok(opening.text)["input_ids"]]))
+    handle.remove()
+    bare_key = captured[0][len(tok(opening.subject)["input_ids"]) - 1].double()
+    consistent, published = infos["consistent"]["key_denominator"], infos["published"]["key_denominator"]
+    assert infos["published"]["denominator"] == "published" and consistent != pytest.approx(published, rel=1e-3)
+    # the same rank-one update scaled by the ratio of the denominators (up to fp32 rounding of W + dW - W)
+    scaled_p, scaled_c = updates["published"] * published, updates["consistent"] * consistent
+    assert float((scaled_p - scaled_c).norm() / scaled_c.norm()) < 1e-3
+    # k_bare^T C^-1 k* with the key captured above, k* as every ROME edit averages it
+    templates = context_templates(rome, hp.context_templates, hp.context_length)
+    key = subject_keys(model, tok, [target], [opening], templates)[hp.layer][0].double()
+    c_inv_k = rome.inverse_moment(hp.layer, hp) @ key
+    assert published == pytest.approx(float(bare_key @ c_inv_k), rel=1e-4)
+    assert consistent == pytest.approx(float(key @ c_inv_k), rel=1e-4)
+    assert check_hparams("rome", {"denominator": "easyedit"}) == [
+        "hyperparameter 'denominator' of method 'rome' must be one of 'consistent', 'published', not 'easyedit'"]
 
 
 def test_sequential_edits_each_undo_in_turn(load_tiny, tmp_path):

@@ -79,6 +79,10 @@ def check_hparams(method: str, hparams: dict[str, Any]) -> list[str]:
             )
             continue
         problems.extend(_range_problems(method, key, value, HPARAMS[method].ranges().get(key)))
+        options = HPARAMS[method].choices().get(key)
+        if options is not None and value not in options:
+            problems.append(f"hyperparameter {key!r} of method {method!r} must be one of "
+                            f"{', '.join(repr(o) for o in options)}, not {value!r}")
     value_check = getattr(HPARAMS[method], "value_problems", None)
     if not problems and value_check is not None:  # values only once every key and type is right
         problems.extend(value_check(hparams))

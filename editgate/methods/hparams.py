@@ -21,12 +21,21 @@ def bounded(default: Any, low: float, high: float, *, layer: bool = False) -> An
     return field(default=default, metadata={"range": (low, high), "layer": layer})
 
 
+def choice(default: str, options: tuple[str, ...]) -> Any:
+    """A hyperparameter that takes one of a few named values (validation lists them)."""
+    return field(default=default, metadata={"choices": options})
+
+
 class HParamsBase:
     """Mixin for method hyperparameter dataclasses: typed fields, `None` meaning "scale with the model"."""
 
     @classmethod
     def ranges(cls) -> dict[str, tuple[float, float]]:
         return {f.name: f.metadata["range"] for f in dataclasses.fields(cls) if "range" in f.metadata}  # type: ignore[arg-type]
+
+    @classmethod
+    def choices(cls) -> dict[str, tuple[str, ...]]:
+        return {f.name: f.metadata["choices"] for f in dataclasses.fields(cls) if "choices" in f.metadata}  # type: ignore[arg-type]
 
     @classmethod
     def layer_fields(cls) -> list[str]:
@@ -87,6 +96,9 @@ class ValueHParams(HParamsBase):
 class RomeHParams(ValueHParams):
     # None: about a sixth of the way up, where factual recall peaks in causal traces
     layer: int | None = bounded(None, 0, MAX_LAYER, layer=True)
+    # "consistent": k*^T C^-1 k* (editgate's); "published": the bare prompt's key in the denominator, as
+    # kmeng01/rome and EasyEdit compute it: the variant that collapses models (README, Editing methods)
+    denominator: str = choice("consistent", ("consistent", "published"))
 
 
 @dataclass

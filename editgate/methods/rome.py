@@ -8,6 +8,10 @@ and writes the rank-one update  W' = W + delta u^T  with  u = C^-1 k* / (k*^T C^
 C = E[k k^T] over a text corpus. Then W' k* = W k* + delta exactly, while keys uncorrelated with k*
 under C move as little as possible. Using the same averaged k* in u and in its denominator is the
 consistency fix the "Fall of ROME" analysis (Gupta et al. 2024) showed prevents single-edit collapse.
+
+`denominator: published` reproduces the update as kmeng01/rome and EasyEdit compute it, u = C^-1 k* /
+(k_bare^T C^-1 k*) with k_bare the key of the bare prompt: the variant teams still run, kept so the gate
+can be shown to catch the collapses it causes.
 """
 
 from __future__ import annotations
@@ -64,6 +68,12 @@ class Rome(EditMethod):
                                            log=ctx.log)
         return ctx.memo[name]
 
+    def _bare_key(self, edit: Edit, target: MlpOut) -> torch.Tensor:
+        """The key at the subject in the edit's prompt alone, without a context prefix: what the published
+        update divides by. Where the subject opens the prompt this key sits at the sequence's first
+        position, whose activations are unlike any other's, and the update explodes."""
+        return subject_keys(self.model, self.tokenizer, [target], [edit], ["{}"])[target.layer][0]
+
     def _apply_one(self, edit: Edit, target: MlpOut, hp: RomeHParams) -> dict:
         start = time.perf_counter()
         templates = context_templates(self, hp.context_templates, hp.context_length)
@@ -71,7 +81,8 @@ class Rome(EditMethod):
         key = subject_keys(self.model, self.tokenizer, [target], [edit], templates)[target.layer][0]
         delta, trace = optimise_value(self.model, self.tokenizer, target, edit, templates, hp.value_settings())
         c_inv_k = inverse @ key.double()
-        denominator = float(key.double() @ c_inv_k)
+        denominator_key = key if hp.denominator == "consistent" else self._bare_key(edit, target)
+        denominator = float(denominator_key.double() @ c_inv_k)
         update = torch.outer(delta.float(), (c_inv_k / denominator).float())  # [out, in]
         weight = target.weight
         with torch.no_grad():
@@ -80,6 +91,6 @@ class Rome(EditMethod):
         relative = float(update.norm() / target.as_out_in(weight.detach()).float().norm())
         # E[k^T C^-1 k] over corpus keys is the key width, so denominator / width near or above 1 is
         # typical; far below it, u = C^-1 k* / denominator blows up (the "Fall of ROME" failure)
-        return {"layer": target.layer, "key_denominator": denominator,
+        return {"layer": target.layer, "denominator": hp.denominator, "key_denominator": denominator,
                 "key_denominator_normalised": denominator / key.numel(), "relative_update_norm": relative,
                 "seconds": time.perf_counter() - start, **trace}
