@@ -375,7 +375,7 @@ class Gate:
             reasons.append(f"update is {largest:.3f} of the weight's norm (> {ep.max_relative_update})")
         denominator = info.get("key_denominator_normalised")
         if isinstance(denominator, float) and denominator < ep.min_key_denominator:
-            reasons.append(f"key denominator k*ᵀC⁻¹k*/d is {denominator:.4f} (< {ep.min_key_denominator})")
+            reasons.append(f"key denominator / key width is {denominator:.4f} (< {ep.min_key_denominator})")
         return reasons
 
     def check(self, unit: list[int]) -> str:

@@ -106,6 +106,29 @@ def test_strict_policy_fails_the_demo_and_names_the_culprit(tmp_path):
     assert where in proc.stdout  # the reason line printed by the CLI names it too
 
 
+PUBLISHED_ROME = DEMO.parent / "published-rome"
+
+
+def test_published_rome_example_fails_on_the_edit_that_wrecks_the_model(tmp_path):
+    """examples/published-rome: ROME as kmeng01/rome and EasyEdit compute it. Two ordinary edits pass; the
+    third, whose one-token subject opens the prompt, wrecks the model (perplexity about x2, the benchmarks
+    drop with it): the gate fails, names it with its manifest line, and flagged it as risky before any check."""
+    out = tmp_path / "report"
+    proc = editgate_run(PUBLISHED_ROME, out)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    doc = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    assert doc["culprit"]["id"] == "japan-continent"
+    assert f"{doc['culprit']['file']}:{doc['culprit']['line']}" == id_lines(PUBLISHED_ROME)["japan-continent"]
+    edits = {e["id"]: e for e in doc["edits"]}
+    assert [edits[i]["status"] for i in ("eiffel-tower-city", "kremlin-city")] == ["pass", "pass"]
+    culprit = edits["japan-continent"]
+    assert culprit["ratio"] > 1.5 and culprit["method_info"]["denominator"] == "published"
+    assert any("key denominator" in reason for reason in culprit["risk"])
+    assert not edits["eiffel-tower-city"]["risk"] and not edits["kremlin-city"]["risk"]
+    # the benchmark suite, which perplexity never sees, agrees that the model is damaged
+    assert any(b["failed"] and not b["within_noise"] for b in doc["benchmarks"]["checkpoints"][-1]["benchmarks"])
+
+
 # --- sparse checks name the same culprit (issue 5) ------------------------------------------------
 
 CULPRIT_MANIFEST = """\
