@@ -73,6 +73,19 @@ def test_method_edits_and_undoes_exactly(method, arch, load_tiny, tmp_path):
         assert torch.equal(param, before[name]), f"{name} not restored bit for bit"
 
 
+@pytest.mark.parametrize("method", ["rome", "memit", "alphaedit", "ft"])
+def test_every_parametric_method_reports_its_relative_update_norm(method, load_tiny, tmp_path):
+    """The gate's risk flag reads `relative_update_norm` (|dW| / |W|) from every method that writes weights."""
+    loaded = load_tiny("llama")
+    editor = editing_method(method, loaded, tmp_path / "cache")
+    applied = editor.apply([EIFFEL], editor.default_hparams().updated(TINY[method]))
+    reported = applied.info["relative_update_norm"]
+    measured = {name: float(delta.norm() / applied.originals[name].norm())
+                for name, delta in applied.deltas(loaded.model).items()}
+    values = list(reported.values()) if isinstance(reported, dict) else [reported]
+    assert sorted(values) == pytest.approx(sorted(measured.values()), rel=1e-3)
+
+
 def test_rome_update_has_rank_one(load_tiny, tmp_path):
     loaded = load_tiny("llama")
     editor = editing_method("rome", loaded, tmp_path / "cache")

@@ -57,8 +57,11 @@ class FineTune(EditMethod):
             for weight in weights:
                 weight.requires_grad_(False)
                 weight.grad = None
+        # |W - W0| / |W0| per layer, as ROME and MEMIT report it: the gate's risk flag reads it
+        norms = {t.layer: float((t.weight.detach() - originals[t.weight_name]).norm()
+                                / originals[t.weight_name].norm()) for t in targets}
         return AppliedEdit(self.name, [e.id for e in edits], originals,
-                           {"layers": layers, "steps": steps, "target_nll": nll_value,
+                           {"layers": layers, "steps": steps, "target_nll": nll_value, "relative_update_norm": norms,
                             "seconds": time.perf_counter() - start})
 
     def _batch(self, edits: list[Edit]):

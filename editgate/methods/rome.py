@@ -85,10 +85,10 @@ class Rome(EditMethod):
         denominator = float(denominator_key.double() @ c_inv_k)
         update = torch.outer(delta.float(), (c_inv_k / denominator).float())  # [out, in]
         weight = target.weight
+        relative = float(update.norm() / target.as_out_in(weight.detach()).float().norm())  # of W before the edit
         with torch.no_grad():
             stored = update.T if target.transposed else update
             weight.add_(stored.to(weight.device, weight.dtype))
-        relative = float(update.norm() / target.as_out_in(weight.detach()).float().norm())
         # E[k^T C^-1 k] over corpus keys is the key width, so denominator / width near or above 1 is
         # typical; far below it, u = C^-1 k* / denominator blows up (the "Fall of ROME" failure)
         return {"layer": target.layer, "denominator": hp.denominator, "key_denominator": denominator,

@@ -1,0 +1,469 @@
+"""How often is the gate's verdict right? Labelled edit sequences on the embedded model (issue 15).
+
+    python bench/fidelity.py                          # every planned sequence not measured yet, then the summary
+    python bench/fidelity.py --minutes 90             # start no new sequence after 90 minutes (resume later)
+    python bench/fidelity.py --only rome-hard-3,ft-wide-1
+    python bench/fidelity.py --summary                # recompute the tables and plot from what was measured
+    taskset -c 0 python bench/fidelity.py --threads 1 --shard 1/2 & taskset -c 1 python bench/fidelity.py \
+        --threads 1 --shard 2/2                       # both cores, one process each
+
+Each planned sequence (see `plan`: methods and variants, ordinary and hard CounterFact edits, healthy
+and collapsing) is written out as a gated repository and run through the real gate (`Gate`, with the
+policy under study, default `builtin:default`). After every check the state is labelled healthy or
+damaged by the ground-truth suite alone (default `builtin:medium`): damaged when any task's paired drop
+from the unedited model exceeds the policy's `max_drop`. Perplexity never enters the label.
+Per sequence it keeps every state's gate status, ratio, risk flags, trend projection and label in
+bench/results/fidelity/<name>.json, so an interrupted study resumes where it stopped. The summary
+(bench/results/fidelity.json, fidelity.png, and the tables printed) measures:
+  - agreement: the gate's per-state verdict (pass/warn vs fail/collapse) against the label;
+  - culprit accuracy: in each sequence the label calls damaged, is the gate's culprit the first edit
+    after which the label is damaged (for sequences checked every k edits: inside that window)?
+  - risk recall and precision: of the edits that turn a healthy state into a damaged one, how many the
+    risk flags marked before any check; of the flagged edits, how many left the state healthy;
+  - lead time: in sequences whose gate fails after passing checks, how many edits before the first
+    failing check the trend warning fired.
+The edits are CounterFact records of ../shared/data/counterfact-2k.json chosen by a fixed seed; "hard"
+edits are those whose subject is one token opening the prompt (the published ROME's collapse case).
+Run it alone: two heavy processes on two cores slow each other down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from _common import RESULTS, SHARED_DATA, load_embedded, machine, print_table, save_json
+
+SEED = 2026
+STUDY = RESULTS / "fidelity"
+
+
+# --- the plan ----------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Sequence:
+    """One labelled sequence: edits (CounterFact record indices) applied in order with one method."""
+
+    name: str
+    kind: str  # what it tests, for the tables
+    method: str
+    records: list[int]
+    hparams: dict[str, Any] = dataclasses.field(default_factory=dict)
+    edit_hparams: dict[int, dict[str, Any]] = dataclasses.field(default_factory=dict)  # by position
+    check_every: int = 1
+
+
+def counterfact() -> list[dict]:
+    path = SHARED_DATA / "counterfact-2k.json"
+    if not path.is_file():
+        raise SystemExit(f"{path} is missing: the study reads ../shared/data beside the repository")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def is_hard(record: dict, tokenizer) -> bool:
+    """The subject is one token and opens the prompt: its key sits at the sequence's first position."""
+    return record["prompt"].startswith(record["subject"]) and len(tokenizer(record["subject"])["input_ids"]) == 1
+
+
+def plan(records: list[dict], tokenizer) -> list[Sequence]:
+    """The study's sequences, fixed by SEED; interleaved by kind so a partial run covers every kind."""
+    rng = random.Random(SEED)
+    hard = [i for i, r in enumerate(records) if is_hard(r, tokenizer)]
+    ordinary = [i for i in range(len(records)) if i not in set(hard)]
+    rng.shuffle(ordinary)
+    pool = iter(ordinary)
+
+    def take(n: int) -> list[int]:
+        return [next(pool) for _ in range(n)]
+
+    def with_hard(n: int, at: int, which: int) -> list[int]:
+        edits = take(n - 1)
+        return edits[:at] + [hard[which % len(hard)]] + edits[at:]
+
+    kinds: dict[str, list[Sequence]] = {
+        "rome": [Sequence(f"rome-{i}", "ROME, ordinary edits", "rome", take(10)) for i in range(5)],
+        "rome-published": [Sequence(f"rome-published-{i}", "published ROME, ordinary edits", "rome", take(10),
+                                    {"denominator": "published"}) for i in range(3)],
+        "rome-hard": [Sequence(f"rome-hard-{i}", "published ROME, one hard edit", "rome",
+                               with_hard(8, rng.randrange(1, 7), i), {"denominator": "published"})
+                      for i in range(8)],
+        "rome-hard-consistent": [Sequence(f"rome-hard-consistent-{i}", "ROME, one hard edit", "rome",
+                                          with_hard(8, rng.randrange(1, 7), i + 3)) for i in range(2)],
+        "rome-overdriven": [Sequence(f"rome-overdriven-{i}", "ROME, one overdriven edit", "rome", take(8),
+                                     edit_hparams={rng.randrange(1, 7): {"clamp_norm_factor": 1000, "v_lr": 50,
+                                                                         "v_weight_decay": 0, "kl_factor": 0}})
+                            for i in range(2)],
+        "ft": [Sequence("ft-0", "FT-L, default bound", "ft", take(8))]
+        + [Sequence(f"ft-wide-{i}", f"FT-L, bound {bound:g}", "ft", take(8), {"norm_constraint": bound, "lr": lr})
+           for i, (bound, lr) in enumerate([(0.05, 5e-3), (0.5, 1e-2), (1e6, 1e-2), (1e6, 5e-2)])],
+        "memit": [Sequence(f"memit-batch-{size}", f"MEMIT, batches of {size}", "memit", take(size * units),
+                           {"batch_size": size}) for size, units in ((10, 4), (25, 3), (50, 2))],
+        "mixed": [Sequence(f"mixed-{i}", "mixed methods, one hard edit", "rome",
+                           with_hard(9, rng.randrange(1, 8), i + 5), {"denominator": "published"},
+                           edit_hparams={0: {"method": "ft"}, 4: {"method": "memit"}}) for i in range(2)],
+        "long": [Sequence("long-rome", "ROME, 100 edits (checked every 10)", "rome", take(100), check_every=10),
+                 Sequence("long-ft", "FT-L bound 0.05, 60 edits (checked every 5)", "ft", take(60),
+                          {"norm_constraint": 0.05}, check_every=5)],
+    }
+    ordered, queues = [], [list(q) for q in kinds.values()]
+    while any(queues):
+        for queue in queues:
+            if queue:
+                ordered.append(queue.pop(0))
+    return ordered
+
+
+# --- one sequence as a gated repository -------------------------------------------------------------
+
+
+def write_repository(seq: Sequence, records: list[dict], policy: dict, root: Path) -> Path:
+    """The sequence as a user's repository: editgate.yaml, one manifest, the policy under study."""
+    repo = root / seq.name
+    (repo / "edits").mkdir(parents=True)
+    config = {"model": "builtin:smollm2-135m", "method": seq.method, "manifests": "edits/*.yaml",
+              "policy": "policy.yaml"}
+    if seq.hparams:
+        config["hparams"] = {seq.method: seq.hparams}
+    (repo / "editgate.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    (repo / "policy.yaml").write_text(yaml.safe_dump(policy), encoding="utf-8")
+    edits = []
+    for position, index in enumerate(seq.records):
+        record = records[index]
+        edit = {"id": f"cf-{record['case_id']}", "prompt": record["prompt"], "subject": record["subject"],
+                "target": record["target_new"], "ground_truth": record["ground_truth"],
+                "paraphrases": [record["rephrase_prompt"]],
+                "locality": [{"prompt": record["locality_prompt"], "answer": record["locality_ground_truth"]}]}
+        extra = dict(seq.edit_hparams.get(position, {}))
+        if "method" in extra:
+            edit["method"] = extra.pop("method")
+        if extra:
+            edit["hparams"] = extra
+        edits.append(edit)
+    (repo / "edits" / "edits.yaml").write_text(yaml.safe_dump({"edits": edits}, sort_keys=False), encoding="utf-8")
+    return repo
+
+
+def load_study_policy(name: str):
+    """`builtin:<name>` or a policy file: the policy whose verdicts are measured."""
+    from editgate.policy import builtin_policy_path, load_policy
+
+    path = builtin_policy_path(name.removeprefix("builtin:")) if name.startswith("builtin:") else Path(name)
+    return load_policy(path, name)
+
+
+def study_policy(name: str, suite: str) -> dict:
+    """The policy under study as a repository file, its benchmark suite replaced by the ground truth's
+    (the gate measures the suite's baseline; the study labels every state with it, not only the end)."""
+    policy = dataclasses.asdict(load_study_policy(name))
+    policy.pop("source", None)
+    policy["benchmarks"] = {"suite": suite, "run_at": "end", "max_drop": policy["benchmarks"]["max_drop"]}
+    return policy
+
+
+def labelling_gate_class():
+    """A Gate that labels the state after every check with the ground-truth suite, and neither restores
+    nor stores edited states (every state must really be reached and labelled)."""
+    from editgate.gate import Gate
+    from editgate.metrics.benchmarks import compare
+
+    class LabellingGate(Gate):
+        labels: dict[int, dict]
+        label_suite = None
+
+        def prepare_benchmarks(self) -> None:
+            super().prepare_benchmarks()  # the suite's baseline, cached like every baseline
+            self.label_suite, self.suite = self.suite, None  # the final checkpoint keeps to edit metrics
+            self.label_baseline = {name: r.to_dict() for name, r in self.baseline_benchmarks.items()}
+            self.labels = {}
+
+        def restore(self, units, keys, scorer) -> int:
+            return 0
+
+        def store_state(self, units, keys) -> None:
+            return None
+
+        def check(self, unit: list[int]) -> str:
+            status = super().check(unit)
+            start = time.perf_counter()
+            now = self.label_suite.run(self.model)
+            comparisons = compare(self.baseline_benchmarks, now, self.policy.benchmarks.max_drop)
+            self.labels[unit[-1]] = {
+                "damaged": any(c.failed for c in comparisons), "seconds": time.perf_counter() - start,
+                "tasks": {c.task: {"base": c.base, "now": c.now, "drop": c.drop, "stderr": c.stderr}
+                          for c in comparisons}}
+            self.log(f"label after {unit[-1] + 1}: {'damaged' if self.labels[unit[-1]]['damaged'] else 'healthy'} "
+                     + ", ".join(f"{c.task} {c.drop:+.3f}" for c in comparisons))
+            return status
+
+    return LabellingGate
+
+
+def run_sequence(seq: Sequence, records: list[dict], policy_name: str, suite: str, loaded, log) -> dict:
+    """Gate the sequence, labelling every checked state; returns the sequence's rows and verdict."""
+    from editgate.validate import load_inputs
+
+    with tempfile.TemporaryDirectory() as tmp:
+        policy = study_policy(policy_name, suite)
+        if seq.check_every != 1:
+            policy["perplexity"]["check_every"] = seq.check_every
+        repo = write_repository(seq, records, policy, Path(tmp))
+        config, policy_obj, edits = load_inputs(repo)
+        start = time.perf_counter()
+        gate = labelling_gate_class()(config, policy_obj, edits, loaded, log=log)
+        try:
+            result = gate.run()
+        finally:
+            gate.session.undo_to(0)
+        seconds = time.perf_counter() - start
+    hard = {f"cf-{records[i]['case_id']}" for i in seq.records if is_hard(records[i], loaded.tokenizer)}
+    rows = []
+    for position, record in enumerate(result.records):
+        label = gate.labels.get(position)
+        rows.append({"position": position, "id": record.edit.id, "method": record.method,
+                     "hard": record.edit.id in hard, "status": record.status, "ratio": record.ratio,
+                     "risk": list(record.risk), "trend": getattr(record, "trend", None),
+                     "damaged": label["damaged"] if label else None,
+                     "tasks": label["tasks"] if label else None, "label_seconds": label["seconds"] if label else None,
+                     "edit_seconds": record.edit_seconds, "check_seconds": record.check_seconds})
+    return {"name": seq.name, "kind": seq.kind, "method": seq.method, "hparams": seq.hparams,
+            "edit_hparams": {str(k): v for k, v in seq.edit_hparams.items()}, "check_every": seq.check_every,
+            "verdict": result.verdict, "culprit": result.culprit.edit.id if result.culprit else None,
+            "stopped_early": result.stopped_early, "warnings": result.warnings, "seconds": seconds,
+            "baseline_tasks": {k: v["value"] for k, v in gate.label_baseline.items()}, "rows": rows}
+
+
+# --- the figures ------------------------------------------------------------------------------------
+
+BAD = ("fail", "collapse")
+
+
+def states(runs: list[dict]) -> list[dict]:
+    return [dict(row, sequence=run["name"]) for run in runs for row in run["rows"] if row["damaged"] is not None]
+
+
+def agreement(runs: list[dict]) -> dict:
+    """The gate's per-state verdict against the ground-truth label (a confusion table)."""
+    table = {"gate_bad_label_damaged": 0, "gate_bad_label_healthy": 0, "gate_ok_label_damaged": 0,
+             "gate_ok_label_healthy": 0}
+    for row in states(runs):
+        gate = "bad" if row["status"] in BAD else "ok"
+        table[f"gate_{gate}_label_{'damaged' if row['damaged'] else 'healthy'}"] += 1
+    total = sum(table.values())
+    right = table["gate_bad_label_damaged"] + table["gate_ok_label_healthy"]
+    return {**table, "states": total, "agreement": right / total if total else None}
+
+
+def first_damaged_window(run: dict) -> tuple[int, int] | None:
+    """(first position that may be the culprit, labelled position where damage is first seen): the label is
+    only known at checked states, so the culprit lies after the last healthy state up to the first damaged."""
+    last_healthy = -1
+    for row in run["rows"]:
+        if row["damaged"] is None:
+            continue
+        if row["damaged"]:
+            return last_healthy + 1, row["position"]
+        last_healthy = row["position"]
+    return None
+
+
+def culprit_accuracy(runs: list[dict]) -> dict:
+    damaged = [run for run in runs if first_damaged_window(run) is not None]
+    right, cases = 0, []
+    for run in damaged:
+        low, high = first_damaged_window(run)
+        ids = [row["id"] for row in run["rows"][low: high + 1]]
+        correct = run["culprit"] in ids
+        right += correct
+        cases.append({"sequence": run["name"], "first_damaged": ids, "culprit": run["culprit"], "correct": correct})
+    return {"damaged_sequences": len(damaged), "right": right,
+            "accuracy": right / len(damaged) if damaged else None, "cases": cases}
+
+
+def risk_figures(runs: list[dict]) -> dict:
+    """Edits that turn a labelled-healthy state into a damaged one (checked every edit), against the flags."""
+    damaging, flagged_damaging, flagged, flagged_harmless = 0, 0, 0, 0
+    for run in runs:
+        if run["check_every"] != 1:
+            continue
+        previous = False  # the unedited model is healthy by definition
+        for row in run["rows"]:
+            if row["damaged"] is None:
+                continue
+            flag = bool(row["risk"])
+            turns = row["damaged"] and not previous
+            damaging += turns
+            flagged += flag
+            flagged_damaging += flag and turns
+            flagged_harmless += flag and not row["damaged"]
+            previous = row["damaged"]
+    return {"damaging_edits": damaging, "flagged_of_damaging": flagged_damaging, "flagged": flagged,
+            "flagged_harmless": flagged_harmless,
+            "recall": flagged_damaging / damaging if damaging else None,
+            "false_alarm_share": flagged_harmless / flagged if flagged else None}
+
+
+def lead_times(runs: list[dict]) -> dict:
+    """Sequences whose gate fails after at least two passing checks (gradual): did the trend warning fire
+    before the first failing check, and how many edits before it?"""
+    gradual, fired, leads = 0, 0, []
+    for run in runs:
+        checked = [row for row in run["rows"] if row["ratio"] is not None]
+        first_bad = next((i for i, row in enumerate(checked) if row["status"] in BAD), None)
+        if first_bad is None or first_bad < 2:
+            continue
+        gradual += 1
+        warned = next((row["position"] for row in checked[:first_bad] if (row["trend"] or {}).get("fired")), None)
+        if warned is not None:
+            fired += 1
+            leads.append(checked[first_bad]["position"] - warned)
+    return {"gradual_failures": gradual, "trend_fired_before": fired, "lead_edits": leads}
+
+
+def paired_stderrs(runs: list[dict]) -> dict:
+    """The ground-truth suite's paired standard errors over the labelled states, per task."""
+    by_task: dict[str, list[float]] = {}
+    for row in states(runs):
+        for task, figures in (row["tasks"] or {}).items():
+            if figures.get("stderr") is not None:
+                by_task.setdefault(task, []).append(figures["stderr"])
+    return {task: {"median": sorted(v)[len(v) // 2], "max": max(v), "states": len(v)} for task, v in by_task.items()}
+
+
+def summary(runs: list[dict], policy: str, suite: str) -> dict:
+    return {"policy": policy, "suite": suite, "sequences": len(runs),
+            "states": len(states(runs)), "agreement": agreement(runs), "culprit": culprit_accuracy(runs),
+            "risk": risk_figures(runs), "lead_time": lead_times(runs), "paired_stderr": paired_stderrs(runs),
+            "by_kind": by_kind(runs)}
+
+
+def by_kind(runs: list[dict]) -> list[dict]:
+    rows = []
+    for kind in dict.fromkeys(run["kind"] for run in runs):
+        chosen = [run for run in runs if run["kind"] == kind]
+        agree = agreement(chosen)
+        rows.append({"kind": kind, "sequences": len(chosen), "states": agree["states"],
+                     "damaged_states": agree["gate_bad_label_damaged"] + agree["gate_ok_label_damaged"],
+                     "agreement": agree["agreement"], "failed_runs": sum(run["verdict"] == "failed" for run in chosen)})
+    return rows
+
+
+def plot(runs: list[dict], path: Path, fail_ratio: float, max_drop: float) -> None:
+    """Each labelled state: perplexity ratio against the largest benchmark drop, coloured by the label."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for damaged, colour, name in ((False, "tab:blue", "healthy (label)"), (True, "tab:red", "damaged (label)")):
+        chosen = [row for row in states(runs) if row["damaged"] == damaged and row["ratio"] is not None]
+        ax.scatter([min(row["ratio"], 20) for row in chosen],
+                   [max(t["drop"] for t in row["tasks"].values()) for row in chosen], s=14, c=colour, label=name,
+                   alpha=0.7)
+    ax.axvline(fail_ratio, color="black", linestyle="--", linewidth=1, label=f"fail_ratio {fail_ratio}")
+    ax.axhline(max_drop, color="grey", linestyle=":", linewidth=1, label=f"max_drop {max_drop}")
+    ax.set_xscale("log")
+    ax.set_xlabel("perplexity ratio after the edit (gate's check; capped at 20)")
+    ax.set_ylabel("largest paired benchmark drop (ground truth)")
+    ax.set_title("Gate verdict vs ground truth, every labelled state")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def tables(result: dict) -> list[str]:
+    agree, culprit, risk, lead = result["agreement"], result["culprit"], result["risk"], result["lead_time"]
+    out = [print_table(["", "label damaged", "label healthy"], [
+        ["gate fail/collapse", agree["gate_bad_label_damaged"], agree["gate_bad_label_healthy"]],
+        ["gate pass/warn", agree["gate_ok_label_damaged"], agree["gate_ok_label_healthy"]]])]
+    out.append(print_table(["figure", "measured", "target"], [
+        ["agreement (states)", f"{agree['agreement']:.3f} of {agree['states']}" if agree["states"] else "—", ">= 0.95"],
+        ["culprit exactly right", _share(culprit["right"], culprit["damaged_sequences"]), ">= 0.95"],
+        ["risk recall", _share(risk["flagged_of_damaging"], risk["damaging_edits"]), ">= 0.80"],
+        ["risk false alarms (flagged, harmless)", _share(risk["flagged_harmless"], risk["flagged"]), "<= 0.20"],
+        ["trend warning before the failure", _share(lead["trend_fired_before"], lead["gradual_failures"]), "most"],
+    ]))
+    out.append(print_table(["kind", "sequences", "states", "damaged states", "agreement", "gate failed"],
+                           [[r["kind"], r["sequences"], r["states"], r["damaged_states"], r["agreement"],
+                             r["failed_runs"]] for r in result["by_kind"]]))
+    out.append(print_table(["task", "paired stderr (median)", "max", "states"],
+                           [[t, v["median"], v["max"], v["states"]] for t, v in result["paired_stderr"].items()]))
+    return out
+
+
+def _share(part: int, whole: int) -> str:
+    return f"{part}/{whole} = {part / whole:.3f}" if whole else "— (none)"
+
+
+def measured(path: Path, policy: str, suite: str) -> bool:
+    """A stored run of this sequence under the same policy and ground truth."""
+    if not path.is_file():
+        return False
+    run = json.loads(path.read_text(encoding="utf-8"))
+    return run.get("policy") == policy and run.get("suite") == suite
+
+
+# --- main ---------------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--policy", default="builtin:default", help="the policy under study")
+    parser.add_argument("--suite", default="builtin:medium", help="the ground-truth suite that labels every state")
+    parser.add_argument("--minutes", type=float, default=None, help="start no new sequence after this long")
+    parser.add_argument("--only", default=None, help="comma-separated sequence names")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--shard", default="1/1", help="i/n: run every n-th planned sequence from the i-th "
+                                                       "(one process per core, each pinned with taskset)")
+    parser.add_argument("--summary", action="store_true", help="only recompute the summary from stored runs")
+    parser.add_argument("--list", action="store_true", help="print the plan and exit")
+    args = parser.parse_args()
+    start = time.perf_counter()
+    loaded = load_embedded(args.threads)
+    records = counterfact()
+    sequences = plan(records, loaded.tokenizer)
+    if args.list:
+        for seq in sequences:
+            print(f"{seq.name:28} {seq.kind:45} {len(seq.records):4} edits, check every {seq.check_every}")
+        return
+    STUDY.mkdir(parents=True, exist_ok=True)
+    wanted = set(args.only.split(",")) if args.only else None
+    shard, shards = (int(x) for x in args.shard.split("/"))
+    for number, seq in enumerate(sequences):
+        path = STUDY / f"{seq.name}.json"
+        if args.summary or measured(path, args.policy, args.suite) or (wanted and seq.name not in wanted):
+            continue
+        if number % shards != shard - 1:
+            continue
+        if args.minutes is not None and time.perf_counter() - start > args.minutes * 60:
+            print(f"time budget spent: {seq.name} and later sequences left for another run", file=sys.stderr)
+            break
+        print(f"== {seq.name}: {seq.kind}, {len(seq.records)} edits", file=sys.stderr, flush=True)
+        run = run_sequence(seq, records, args.policy, args.suite, loaded,
+                           log=lambda m, s=seq.name: print(f"  [{s}] {m}", file=sys.stderr, flush=True))
+        run.update(machine=machine(), policy=args.policy, suite=args.suite)
+        path.write_text(json.dumps(run, indent=1, default=str), encoding="utf-8")
+    runs = [json.loads((STUDY / f"{seq.name}.json").read_text(encoding="utf-8")) for seq in sequences
+            if measured(STUDY / f"{seq.name}.json", args.policy, args.suite)]
+    result = summary(runs, args.policy, args.suite)
+    result["tables"] = tables(result)
+    result["planned_sequences"] = len(sequences)
+    policy = load_study_policy(args.policy)
+    if runs:
+        plot(runs, RESULTS / "fidelity.png", policy.perplexity.fail_ratio, policy.benchmarks.max_drop)
+    print(f"saved {save_json('fidelity.json', result)} ({len(runs)} of {len(sequences)} sequences measured)")
+
+
+if __name__ == "__main__":
+    main()
