@@ -88,14 +88,29 @@ def _runner_options(command: Callable) -> Callable:
     return command
 
 
+def _lm_eval_option(command: Callable) -> Callable:
+    """Where `lm-eval:` suites' own task files come from: the runner's owner's directory, never the repository
+    (lm-eval task YAMLs can run code)."""
+    return click.option("--lm-eval-include", type=click.Path(path_type=Path, file_okay=False, exists=True),
+                        default=None, metavar="DIR",
+                        help="lm-evaluation-harness task YAMLs that `lm-eval:` suites may name besides lm-eval's "
+                             "own (also: EDITGATE_LM_EVAL_INCLUDE). They can run code: keep them outside the gated "
+                             "repository.")(command)
+
+
+def _include(directory: Path | None) -> str | None:
+    return None if directory is None else str(directory.absolute())
+
+
 @main.command()
 @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
-def validate(paths: tuple[Path, ...]) -> None:
+@_lm_eval_option
+def validate(paths: tuple[Path, ...], lm_eval_include: Path | None) -> None:
     """Check config, manifests and policy without loading a model (default: the current directory)."""
     from editgate.validate import validate_paths
 
     try:
-        summary = validate_paths(list(paths) or [Path(".")])
+        summary = validate_paths(list(paths) or [Path(".")], _include(lm_eval_include))
     except InputError as error:
         _fail_input(error)
     for warning in summary.warnings:
@@ -128,9 +143,11 @@ def validate(paths: tuple[Path, ...]) -> None:
               help="Measure the unedited model's figures again instead of reading the cache.")
 @click.option("--quiet", is_flag=True, help="No progress on stderr.")
 @_runner_options
+@_lm_eval_option
 def run(repo: Path, policy: str | None, model: str | None, device: str | None, dtype: str | None,
         out: Path, base_ref: str | None, save_model: Path | None, save_delta: Path | None, no_edit_pack: bool,
-        confirm: bool, no_cache: bool, quiet: bool, cache_dir: Path | None, trust_remote_code: bool | None) -> None:
+        confirm: bool, no_cache: bool, quiet: bool, cache_dir: Path | None, trust_remote_code: bool | None,
+        lm_eval_include: Path | None) -> None:
     """Apply every edit in order, check the model after each, and gate on the policy."""
     from editgate.reports import github
 
@@ -139,7 +156,7 @@ def run(repo: Path, policy: str | None, model: str | None, device: str | None, d
                          use_cache=not no_cache, edit_pack=not no_edit_pack)
     overrides = {"model": _operator_model(model), "device": device, "dtype": dtype,
                  "cache_dir": None if cache_dir is None else str(cache_dir.absolute()),
-                 "trust_remote_code": trust_remote_code or None}
+                 "trust_remote_code": trust_remote_code or None, "lm_eval_include": _include(lm_eval_include)}
     on_github = github.active()
     with interruptible() as guard:
         try:
@@ -193,14 +210,15 @@ def _echo_outcome(document: dict, paths: list[Path]) -> None:
 @click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]))
 @click.option("--quiet", is_flag=True, help="No progress on stderr.")
 @_runner_options
+@_lm_eval_option
 def baseline(repo: Path, policy: str | None, model: str | None, device: str | None, dtype: str | None,
-             quiet: bool, cache_dir: Path | None, trust_remote_code: bool | None) -> None:
+             quiet: bool, cache_dir: Path | None, trust_remote_code: bool | None, lm_eval_include: Path | None) -> None:
     """Measure and cache the unedited model's figures (perplexity, benchmarks, pre-edit answers)."""
     log = Progress(quiet)
     try:
         root, hits = measure_baseline(repo, policy, {
             "model": _operator_model(model), "device": device, "dtype": dtype,
-            "trust_remote_code": trust_remote_code or None,
+            "trust_remote_code": trust_remote_code or None, "lm_eval_include": _include(lm_eval_include),
             "cache_dir": None if cache_dir is None else str(cache_dir.absolute())}, log)
     except InputError as error:
         _fail_input(error)

@@ -3,8 +3,9 @@
 Every key is optional (an absent file means all defaults, which run offline on the embedded model).
 The file can be changed by a pull request, so it decides nothing that belongs to the runner: paths it
 names stay inside the repository (editgate/paths.py), counts are bounded by what the runner has, and
-whether remote code may run and where the shared cache lives are set only by the runner's owner
-(`--trust-remote-code` / `EDITGATE_TRUST_REMOTE_CODE=1`, `--cache-dir` / `EDITGATE_CACHE_DIR`).
+whether remote code may run, where the shared cache lives and where lm-eval task files come from are set
+only by the runner's owner (`--trust-remote-code` / `EDITGATE_TRUST_REMOTE_CODE=1`, `--cache-dir` /
+`EDITGATE_CACHE_DIR`, `--lm-eval-include` / `EDITGATE_LM_EVAL_INCLUDE`).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ DEFAULT_POLICY = "policies/default.yaml"
 DEFAULT_CACHE_DIR = "~/.cache/editgate"
 CACHE_ENV = "EDITGATE_CACHE_DIR"
 REMOTE_CODE_ENV = "EDITGATE_TRUST_REMOTE_CODE"
+LM_EVAL_INCLUDE_ENV = "EDITGATE_LM_EVAL_INCLUDE"
 # what only the runner's owner may set; the message says how
 RUNNER_KEYS = {
     "trust_remote_code": "running the model repository's code is the runner owner's decision, never a pull "
@@ -41,6 +43,9 @@ RUNNER_KEYS = {
                          f"{REMOTE_CODE_ENV}=1",
     "cache_dir": "the cache is shared by every job on the runner, so its place is the runner's: remove it here; "
                  f"pass --cache-dir or set {CACHE_ENV} (default {DEFAULT_CACHE_DIR})",
+    "lm_eval_include": "lm-eval task files can run code, so only the runner's owner may add them: remove it here; "
+                       f"the workflow may pass --lm-eval-include DIR or set {LM_EVAL_INCLUDE_ENV}=DIR (a "
+                       "directory outside the repository)",
 }
 
 
@@ -50,6 +55,10 @@ def runner_cache_dir() -> str:
 
 def runner_trusts_remote_code() -> bool:
     return os.environ.get(REMOTE_CODE_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+def runner_lm_eval_include() -> str | None:
+    return os.environ.get(LM_EVAL_INCLUDE_ENV) or None
 
 
 @dataclass
@@ -66,6 +75,7 @@ class Config:
     policy: str = DEFAULT_POLICY
     cache_dir: str = field(default_factory=runner_cache_dir)  # the runner's (see RUNNER_KEYS)
     trust_remote_code: bool = field(default_factory=runner_trusts_remote_code)  # the runner's
+    lm_eval_include: str | None = field(default_factory=runner_lm_eval_include)  # the runner's
     threads: int | None = None
     seed: int = 0
     source_file: str | None = None  # "editgate.yaml" as shown to users, or None when absent

@@ -197,7 +197,8 @@ class Gate:
         if spec in ("none", "off"):
             return
         start = time.perf_counter()
-        self.suite = load_suite(spec, self.loaded.tokenizer, self.config.root)
+        self.suite = load_suite(spec, self.loaded.tokenizer, self.config.root,
+                                lm_eval_include=self.config.lm_eval_include)
         parameter = next(self.loaded.model.parameters())
         parts = {"suite": self.suite.fingerprint(), "dtype": str(parameter.dtype), "device": parameter.device.type}
         cached = self.cache.get("benchmarks", parts)

@@ -32,7 +32,8 @@ class RunOptions:
 def run_gate(repo: Path | str, policy_override: str | None = None, overrides: dict[str, Any] | None = None,
              log: Callable[[str], None] = print, options: RunOptions | None = None) -> tuple[dict, int]:
     """Run the gate and return its report document and exit code; never raises for expected failures.
-    `overrides`: the operator's --model/--device/--dtype/--cache-dir/--trust-remote-code values."""
+    `overrides`: the operator's --model/--device/--dtype/--cache-dir/--trust-remote-code/--lm-eval-include
+    values."""
     from editgate.reports import build_document, error_document
 
     repo, options = Path(repo), options or RunOptions()
@@ -41,7 +42,7 @@ def run_gate(repo: Path | str, policy_override: str | None = None, overrides: di
     try:
         from editgate.validate import load_inputs
 
-        config, policy, edits = load_inputs(repo, policy_override)
+        config, policy, edits = load_inputs(repo, policy_override, (overrides or {}).get("lm_eval_include"))
         config = with_overrides(config, overrides or {})
         _gather_context(config, edits, options, context, log)
         _check_outputs(options, config, edits)
@@ -82,7 +83,7 @@ def measure_baseline(repo: Path | str, policy_override: str | None = None, overr
     returns the cache directory and the kinds that were cached already. Raises InputError, RunError."""
     from editgate.validate import load_inputs
 
-    config, policy, edits = load_inputs(Path(repo), policy_override)
+    config, policy, edits = load_inputs(Path(repo), policy_override, (overrides or {}).get("lm_eval_include"))
     config = with_overrides(config, overrides or {})
     quiet_libraries()
     from editgate.gate import Gate
@@ -209,8 +210,8 @@ def _partial(gate, context: dict[str, Any] | None = None) -> dict[str, Any] | No
 
 
 def with_overrides(config, overrides: dict[str, Any]):
-    """Apply --model/--device/--dtype/--cache-dir/--trust-remote-code; the device is checked here as
-    editgate.yaml's would be."""
+    """Apply --model/--device/--dtype/--cache-dir/--trust-remote-code/--lm-eval-include; the device is
+    checked here as editgate.yaml's would be."""
     from editgate.config import _DEVICE
 
     values = {k: v for k, v in overrides.items() if v is not None}

@@ -32,26 +32,32 @@ from editgate.methods import HPARAMS, layer_problems
 from editgate.metrics.benchmarks import check_suite
 
 
-def load_inputs(repo: Path, policy_override: str | None = None) -> tuple[Config, Policy, list[Edit]]:
+def load_inputs(repo: Path, policy_override: str | None = None,
+                lm_eval_include: str | None = None) -> tuple[Config, Policy, list[Edit]]:
     """Config, policy and edits of a repository; one InputError with every problem if any.
 
     `policy_override` (the CLI's --policy) is `builtin:<name>` or a file path relative to the
     current directory; being the operator's choice, it is not confined to the repository.
+    `lm_eval_include` (--lm-eval-include) replaces EDITGATE_LM_EVAL_INCLUDE's directory, so the suite's
+    lm-eval task names are checked against the directory the run will use.
     """
-    config, policy, edits, problems = _load_repo(Path(repo), policy_override)
+    config, policy, edits, problems = _load_repo(Path(repo), policy_override, lm_eval_include)
     if problems:
         raise InputError(problems)
     return config, policy, edits
 
 
-def _load_repo(repo: Path, policy_override: str | None) -> tuple[Config, Policy, list[Edit], list[Problem]]:
+def _load_repo(repo: Path, policy_override: str | None,
+               lm_eval_include: str | None = None) -> tuple[Config, Policy, list[Edit], list[Problem]]:
     config, problems, bad = load_config_collecting(repo)
+    if lm_eval_include is not None:
+        config.lm_eval_include = lm_eval_include
     if "*" in bad and not config.root.is_dir():
         return config, Policy(), [], problems
     policy, policy_problems = _load_policy(config, policy_override, bad)
     problems += policy_problems
     if not policy_problems:
-        problems += suite_problems(policy, config.root)
+        problems += suite_problems(policy, config.root, config.lm_eval_include)
     edits: list[Edit] = []
     if "manifests" not in bad and "*" not in bad:
         paths, path_problems = config.manifest_paths_collecting()
@@ -78,13 +84,14 @@ def _load_policy(config: Config, override: str | None, bad: set[str]) -> tuple[P
     return load_policy_collecting(path, config.policy_shown_as(), config.root)
 
 
-def suite_problems(policy: Policy, root: Path) -> list[Problem]:
-    """The benchmark suite's files, templates and datasets, checked as the run will read them."""
+def suite_problems(policy: Policy, root: Path, lm_eval_include: str | None = None) -> list[Problem]:
+    """The benchmark suite's files, templates and datasets (lm-eval's task names), checked as the run will
+    read them."""
     spec = policy.benchmarks.suite
     if spec in ("none", "off"):
         return []
     try:
-        check_suite(spec, root)
+        check_suite(spec, root, lm_eval_include)
     except InputError as error:
         return [Problem(policy.source, p.line, f"benchmarks.suite: {p.message}") if p.file == "<benchmarks.suite>"
                 else p for p in error.problems]
@@ -123,8 +130,9 @@ class Validated:
         return len(self.edits) + sum(len(edits) for _, _, edits in self.repos)
 
 
-def validate_paths(paths: Sequence[Path | str]) -> Validated:
-    """Validate repositories, manifests and policies named on the command line (see module doc)."""
+def validate_paths(paths: Sequence[Path | str], lm_eval_include: str | None = None) -> Validated:
+    """Validate repositories, manifests and policies named on the command line (see module doc);
+    `lm_eval_include` as for load_inputs."""
     result = Validated()
     problems: list[Problem] = []
     collector = ManifestCollector()
@@ -133,7 +141,7 @@ def validate_paths(paths: Sequence[Path | str]) -> Validated:
         shown = str(raw)
         if path.is_dir() or (path.name in CONFIG_NAMES and path.is_file()):
             repo = path if path.is_dir() else path.parent
-            config, policy, edits, repo_problems = _load_repo(repo, None)
+            config, policy, edits, repo_problems = _load_repo(repo, None, lm_eval_include)
             problems += repo_problems
             result.repos.append((config, policy, edits))
             continue

@@ -391,11 +391,14 @@ def test_duplicate_names_unknown_builtins_and_suite_paths(tmp_path, tokenizer):
         load_suite("builtin:large", tokenizer)
 
 
-def test_lm_eval_suites_need_lm_eval(tokenizer):
+def test_lm_eval_suites_need_lm_eval(tokenizer, monkeypatch):
     import importlib.util
 
-    if importlib.util.find_spec("lm_eval") is not None:
-        pytest.skip("lm-eval is installed here; the error path cannot be exercised")
+    from editgate.metrics.benchmarks import lm_eval as adapter
+
+    find_spec = importlib.util.find_spec  # lm-eval is in the test extra: hide it to exercise the message
+    monkeypatch.setattr(adapter.importlib.util, "find_spec", lambda name, *a: None if name == "lm_eval"
+                        else find_spec(name, *a))
     with pytest.raises(InputError, match="install lm-eval"):
         load_suite("lm-eval:hellaswag,arc_easy", tokenizer)
     with pytest.raises(InputError, match="lm-eval:<task>"):

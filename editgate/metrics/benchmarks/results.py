@@ -6,6 +6,9 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
+# figures where lower is better: compared as a relative increase (now / base - 1), not a difference
+LOWER_IS_BETTER = frozenset({"perplexity", "word_perplexity", "byte_perplexity", "bits_per_byte"})
+
 
 @dataclass
 class TaskResult:
@@ -22,7 +25,7 @@ class TaskResult:
 
     @property
     def higher_is_better(self) -> bool:
-        return self.metric != "perplexity"
+        return self.metric.split(" (")[0] not in LOWER_IS_BETTER  # lm-eval labels: "metric (filter)"
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -52,31 +52,33 @@ class Suite:
         return results
 
     def fingerprint(self) -> str:
-        """A digest of everything that decides the figures (tasks, token ids, gold answers), for
-        keying cached baselines."""
+        """A digest of everything that decides the figures (tasks, token ids, gold answers; for lm-eval its
+        version and the bytes of the runner's task files and their data), for keying cached baselines."""
         h = hashlib.sha256(f"editgate-benchmarks-v{FORMAT_VERSION}".encode())
         if self.lm_eval is not None:
-            h.update(json.dumps([self.spec, self.lm_eval.version()]).encode())
+            h.update(json.dumps([self.spec, self.lm_eval.digest]).encode())
         for task in self.tasks:
             h.update(json.dumps(task.digest_input()).encode())
         return h.hexdigest()[:16]
 
 
-def load_suite(spec: str, tokenizer, root: Path | None = None, batch_tokens: int = 2048) -> Suite:
+def load_suite(spec: str, tokenizer, root: Path | None = None, batch_tokens: int = 2048,
+               lm_eval_include: str | Path | None = None) -> Suite:
     """A suite from `builtin:<name>`, `lm-eval:<task,...>[:limit]`, or a YAML file (a suite listing task
-    files and inline tasks, or a single task). With `root`, every file read must lie inside it."""
+    files and inline tasks, or a single task). With `root`, every file read must lie inside it.
+    `lm_eval_include`: the runner's directory of lm-eval task files (never the repository's)."""
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     if spec.startswith("lm-eval:"):
-        return Suite(spec, [], batch_tokens, pad_id, LmEvalTasks.parse(spec, tokenizer))
+        return Suite(spec, [], batch_tokens, pad_id, LmEvalTasks.parse(spec, tokenizer, lm_eval_include, root))
     return Suite(spec, _build(spec, tokenizer, root), batch_tokens, pad_id)
 
 
-def check_suite(spec: str, root: Path | None = None) -> list[str]:
-    """Validate a suite without a model or tokenizer (task files, templates, datasets, golds), for
-    `editgate validate` and the gate's checks before loading the model. Returns the task names;
-    raises InputError naming file:line."""
+def check_suite(spec: str, root: Path | None = None, lm_eval_include: str | Path | None = None) -> list[str]:
+    """Validate a suite without a model or tokenizer (task files, templates, datasets, golds; lm-eval task
+    names against its registry and the runner's include directory), for `editgate validate` and the gate's
+    checks before loading the model. Returns the task names; raises InputError naming file:line."""
     if spec.startswith("lm-eval:"):
-        return LmEvalTasks.parse(spec, None).names
+        return LmEvalTasks.parse(spec, None, lm_eval_include, root).names
     return [task.name for task in _build(spec, None, root)]
 
 
