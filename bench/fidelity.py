@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import random
 import sys
 import tempfile
@@ -170,19 +171,73 @@ def study_policy(name: str, suite: str) -> dict:
     return policy
 
 
+class GroundTruth:
+    """Labels a model state healthy or damaged by the suite alone: damaged when some task's paired drop
+    from the unedited model exceeds `max_drop`. The docs are scored in `chunks` parts and the label is
+    decided as soon as the docs so far settle it at z standard errors: damaged when a task's drop less
+    z paired standard errors is above `max_drop`; healthy when for every task even the docs it lost
+    (a one-sided Wilson bound on the share lost; the drop is at most that share) stay below `max_drop`.
+    Otherwise every doc is scored and the label is the full suite's point estimate. Most states are
+    clearly one or the other, so this costs a part of the suite; the ambiguous ones cost all of it."""
+
+    def __init__(self, suite, baseline: dict, max_drop: float, chunks: int = 4, z: float = 2.58):
+        self.suite, self.baseline, self.max_drop, self.z = suite, baseline, max_drop, z
+        self.parts = {task.name: [task.docs(task.n * k // chunks, task.n * (k + 1) // chunks)
+                                  for k in range(chunks)] for task in suite.tasks}
+
+    def label(self, model) -> dict:
+        start = time.perf_counter()
+        outcomes: dict[str, list[int]] = {name: [] for name in self.parts}
+        chunks = len(next(iter(self.parts.values())))
+        decided = None
+        for k in range(chunks):
+            for name, parts in self.parts.items():
+                result = parts[k].evaluate(model, self.suite.batch_tokens, self.suite.pad_id)
+                outcomes[name] += result.per_doc[result.metric]
+            figures = {name: self.figures(name, done) for name, done in outcomes.items()}
+            decided = self.decide(figures, final=k == chunks - 1)
+            if decided is not None:
+                break
+        return {"damaged": decided, "seconds": time.perf_counter() - start, "chunks": k + 1, "tasks": figures}
+
+    def figures(self, name: str, now: list[int]) -> dict:
+        from editgate.metrics.benchmarks.results import paired_stderr
+
+        base = self.baseline[name].per_doc[self.baseline[name].metric][: len(now)]
+        lost = sum(1 for b, a in zip(base, now) if b > a)
+        drop = (sum(base) - sum(now)) / len(now)
+        return {"docs": len(now), "drop": drop, "stderr": paired_stderr(base, now), "lost": lost,
+                "lost_upper": wilson_upper(lost, len(now), self.z)}
+
+    def decide(self, figures: dict, final: bool) -> bool | None:
+        if any(f["drop"] - self.z * (f["stderr"] or 0) > self.max_drop for f in figures.values()):
+            return True
+        if all(f["lost_upper"] < self.max_drop for f in figures.values()):
+            return False
+        if final:
+            return any(f["drop"] > self.max_drop + 1e-9 for f in figures.values())
+        return None
+
+
+def wilson_upper(k: int, n: int, z: float) -> float:
+    """The upper end of the Wilson score interval for k successes in n trials."""
+    p, z2 = k / n, z * z
+    return (p + z2 / (2 * n) + z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))) / (1 + z2 / n)
+
+
 def labelling_gate_class():
     """A Gate that labels the state after every check with the ground-truth suite, and neither restores
     nor stores edited states (every state must really be reached and labelled)."""
     from editgate.gate import Gate
-    from editgate.metrics.benchmarks import compare
 
     class LabellingGate(Gate):
         labels: dict[int, dict]
-        label_suite = None
+        truth: GroundTruth
 
         def prepare_benchmarks(self) -> None:
             super().prepare_benchmarks()  # the suite's baseline, cached like every baseline
-            self.label_suite, self.suite = self.suite, None  # the final checkpoint keeps to edit metrics
+            self.truth = GroundTruth(self.suite, self.baseline_benchmarks, self.policy.benchmarks.max_drop)
+            self.suite = None  # the final checkpoint keeps to edit metrics: the study labels every state
             self.label_baseline = {name: r.to_dict() for name, r in self.baseline_benchmarks.items()}
             self.labels = {}
 
@@ -194,15 +249,10 @@ def labelling_gate_class():
 
         def check(self, unit: list[int]) -> str:
             status = super().check(unit)
-            start = time.perf_counter()
-            now = self.label_suite.run(self.model)
-            comparisons = compare(self.baseline_benchmarks, now, self.policy.benchmarks.max_drop)
-            self.labels[unit[-1]] = {
-                "damaged": any(c.failed for c in comparisons), "seconds": time.perf_counter() - start,
-                "tasks": {c.task: {"base": c.base, "now": c.now, "drop": c.drop, "stderr": c.stderr}
-                          for c in comparisons}}
-            self.log(f"label after {unit[-1] + 1}: {'damaged' if self.labels[unit[-1]]['damaged'] else 'healthy'} "
-                     + ", ".join(f"{c.task} {c.drop:+.3f}" for c in comparisons))
+            label = self.labels[unit[-1]] = self.truth.label(self.model)
+            self.log(f"label after {unit[-1] + 1}: {'damaged' if label['damaged'] else 'healthy'} "
+                     f"({label['chunks']} part(s), {label['seconds']:.0f}s) "
+                     + ", ".join(f"{t} {f['drop']:+.3f}±{f['stderr']:.3f}" for t, f in label["tasks"].items()))
             return status
 
     return LabellingGate
@@ -234,6 +284,7 @@ def run_sequence(seq: Sequence, records: list[dict], policy_name: str, suite: st
                      "risk": list(record.risk), "trend": getattr(record, "trend", None),
                      "damaged": label["damaged"] if label else None,
                      "tasks": label["tasks"] if label else None, "label_seconds": label["seconds"] if label else None,
+                     "label_parts": label["chunks"] if label else None,
                      "edit_seconds": record.edit_seconds, "check_seconds": record.check_seconds})
     return {"name": seq.name, "kind": seq.kind, "method": seq.method, "hparams": seq.hparams,
             "edit_hparams": {str(k): v for k, v in seq.edit_hparams.items()}, "check_every": seq.check_every,

@@ -38,6 +38,7 @@ from editgate.models import LoadedModel
 from editgate.policy import Policy
 from editgate.session import STATS_CORPUS, EditSession
 from editgate.statecache import StateCache, StoredState, chain
+from editgate.trend import assess, standard_error
 from editgate.metrics.benchmarks import TaskResult, compare, load_suite
 
 PASS, WARN, FAIL, COLLAPSE = "pass", "warn", "fail", "collapse"
@@ -61,9 +62,10 @@ class EditRecord:
     check_seconds: float = 0.0
     found_by_bisection: bool = False
     check: CheckResult | None = None  # how the check after this edit was made (texts, interval, layers)
+    trend: dict[str, Any] | None = None  # the trend after this check (trend.py): edits_left, accelerating, fired
 
     _KEPT = ("status", "perplexity", "ratio", "ratio_change", "method_info", "risk", "locality_after_edit",
-             "edit_seconds", "check_seconds", "found_by_bisection")
+             "edit_seconds", "check_seconds", "found_by_bisection", "trend")
 
     def to_state(self) -> dict[str, Any]:
         """What a stored state keeps of this record (everything measured; the edit is the new run's)."""
@@ -389,12 +391,26 @@ class Gate:
         record.ratio = result.ratio
         record.ratio_change = record.ratio - previous if math.isfinite(record.ratio) else math.inf
         record.status = classify(record.ratio, self.policy)
+        record.trend = self.trend_after(unit[-1])
         how = (f", {result.texts}/{result.total_texts} texts decided it" if result.stopped_early else "") + (
             f", blocks {result.from_layer}+" if result.from_layer else "")
+        if record.trend and record.trend["fired"]:
+            how += f"; trend: fail_ratio projected in {record.trend['edits_left']:.1f} edit(s)"
         self.log(f"[{unit[-1] + 1}/{len(self.records)}] {record.edit.id}: perplexity {record.perplexity:.3f} "
                  f"(x{record.ratio:.3f}) {record.status}  edit {record.edit_seconds:.1f}s "
                  f"check {result.seconds:.1f}s{how}")
         return record.status
+
+    def trend_after(self, index: int) -> dict[str, Any] | None:
+        """The trend of the checks up to edit `index` (trend.py); None when off or too few checks yet.
+        Only earlier records count, so a bisection's replay sees what a check after every edit would."""
+        pp = self.policy.perplexity
+        if not pp.trend_warning:
+            return None
+        points = [(i + 1, r.ratio, standard_error(r.check.interval if r.check else None))
+                  for i, r in enumerate(self.records[: index + 1]) if r.ratio is not None]
+        trend = assess(points, pp.fail_ratio, pp.trend_horizon)
+        return None if trend is None else trend.to_record()
 
     def measure_check(self) -> CheckResult:
         """The check on the model as it is now (see metrics/check.py for what makes it cheap)."""
@@ -477,6 +493,13 @@ class Gate:
         if warned:
             warnings.append(f"{len(warned)} edit(s) crossed warn_ratio {pp.warn_ratio}: "
                             + ", ".join(r.edit.id for r in warned[:10]))
+        fired = [r for r in records if r.trend and r.trend["fired"]]
+        if fired:
+            first = fired[0]
+            warnings.append(
+                f"perplexity trend: the increments accelerate from edit '{first.edit.id}' ({first.edit.where}), "
+                f"x{first.ratio:.3f}: fail_ratio {pp.fail_ratio} projected in {first.trend['edits_left']:.1f} "
+                f"edit(s) (trend_horizon {pp.trend_horizon}; fired at {len(fired)} check(s))")
         for record in records:
             if record.risk:
                 warnings.append(f"risky edit '{record.edit.id}' ({record.edit.where}): {'; '.join(record.risk)}")

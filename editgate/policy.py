@@ -36,6 +36,8 @@ class PerplexityPolicy:
     batch_tokens: int = 2048
     early_stop: bool = True  # stop a check once part of the sample settles its status (metrics/check.py)
     prefix_cache: bool = True  # run only the blocks from the lowest edited one up (metrics/prefix.py)
+    trend_warning: bool = True  # warn when the increments accelerate towards fail_ratio (trend.py); never fails
+    trend_horizon: int = 10  # ... and fail_ratio is projected within this many edits
 
 
 @dataclass
@@ -197,7 +199,8 @@ _RULES: dict[str, Rule] = {
     "corpus": _text, "samples": _whole(1, MAX_TEXTS), "max_tokens": _whole(1, MAX_TOKENS),
     "check_every": _whole(1, _EVERY), "warn_ratio": _ratio, "fail_ratio": _ratio,
     "collapse_ratio": _ratio, "seed": _whole(0, MAX_SEED), "batch_tokens": _whole(1, MAX_BATCH_TOKENS),
-    "early_stop": _boolean, "prefix_cache": _boolean,
+    "early_stop": _boolean, "prefix_cache": _boolean, "trend_warning": _boolean,
+    "trend_horizon": _whole(1, _EVERY),
     "suite": _text, "run_at": _run_at, "max_drop": _fraction,
     "min_efficacy": _fraction, "min_generalization": _fraction, "min_locality": _fraction,
     "within_noise": _noise, "max_relative_update": _positive_number, "min_key_denominator": _positive_number,

@@ -137,3 +137,101 @@ def test_benchmarks_run_at_checkpoints(tiny_repo, tmp_path):
     assert code == 0 and doc["verdict"] == "passed"
     assert any(c["kind"] == "benchmark" for c in doc["checks"])
     assert "Benchmarks before and after" in (tmp_path / "out" / "report.md").read_text()
+
+
+# --- the trend warning (editgate/trend.py) ---------------------------------------------------------------
+
+LANDMARKS = ["The Eiffel Tower", "The Kremlin", "The Taj Mahal", "Big Ben", "The Colosseum", "Mount Fuji",
+             "The Louvre", "The Parthenon", "The Alhambra", "Angkor Wat", "Machu Picchu", "The Acropolis",
+             "Stonehenge", "The Sphinx", "Petra", "Chichen Itza", "The Alamo", "The Pentagon", "Niagara Falls",
+             "The Vatican", "Hagia Sophia", "The Forbidden City"]
+CITIES = ["Rome", "London", "Cairo", "Paris", "Tokyo", "Berlin", "Madrid", "Lima", "Oslo", "Vienna"]
+# FT-L clamped to ±bound around the weights: the damage of one edit grows with its bound, so a rising bound
+# gives the gradual-then-catastrophic curve on the trained tiny model: x0.98 after twelve edits, then x1.00,
+# x1.02, x1.08, x1.19 (e15: the warning, 5.4 edits projected), x1.17, x1.43 and x1.97 at e18, the culprit.
+ESCALATING = [0.001] * 10 + [0.004, 0.005, 0.006, 0.007, 0.008, 0.009, 0.01, 0.011, 0.012, 0.013]
+
+
+def ft_manifest(bounds: list[float]) -> str:
+    """One FT-L edit per bound, each on its own landmark (six lines per edit, the first at line 2)."""
+    lines = ["edits:"]
+    for i, bound in enumerate(bounds):
+        lines += [f"  - id: e{i:02d}", '    prompt: "{} is located in the city of"', f"    subject: {LANDMARKS[i]}",
+                  f"    target: {CITIES[i % len(CITIES)]}", "    method: ft",
+                  f"    hparams: {{lr: 1.0, steps: 3, early_stop_nll: 0.0, norm_constraint: {bound}}}"]
+    return "\n".join(lines) + "\n"
+
+
+def trend_repo(tiny_repo, name: str, manifest: str, trend_warning: str = "true") -> Path:
+    from helpers import gate_policy
+
+    policy = gate_policy(warn_ratio=1.2, fail_ratio=1.5, collapse_ratio=1000.0, trend_warning=trend_warning,
+                         trend_horizon=10)
+    return tiny_repo(name=name, trained=True, manifests={"edits/2026-04-01-ramp.yaml": manifest}, policy=policy)
+
+
+def test_the_trend_warning_fires_before_the_fail_and_never_fails_the_gate(tiny_repo, tmp_path):
+    import xml.etree.ElementTree as ET
+
+    from editgate.reports import schema_path
+
+    # the whole ramp: the warning comes edits before fail_ratio is crossed
+    code, doc = gate(trend_repo(tiny_repo, "ramp", ft_manifest(ESCALATING)), tmp_path / "ramp")
+    assert code == 1
+    ids = [e["id"] for e in doc["edits"]]
+    fired = [e["id"] for e in doc["edits"] if (e["trend"] or {}).get("fired")]
+    culprit = ids.index(doc["culprit"]["id"])
+    assert fired and ids.index(fired[0]) < culprit - 1, (fired, doc["culprit"])
+    first = doc["edits"][ids.index(fired[0])]
+    assert first["status"] in ("pass", "warn") and 0 < first["trend"]["edits_left"] <= 10
+    assert all(e["trend"] is None for e in doc["edits"][:11])  # twelve checks before the first assessment
+
+    # the ramp stopped after the first warning: the gate passes, with the warning, its line and projection
+    stop = ids.index(fired[0]) + 1
+    code, passed = gate(trend_repo(tiny_repo, "upto", ft_manifest(ESCALATING[:stop])), tmp_path / "upto")
+    assert code == 0 and passed["verdict"] == "passed" and passed["culprit"] is None
+    line = 2 + 6 * (stop - 1)
+    warning = next(w for w in passed["warnings"] if w.startswith("perplexity trend"))
+    assert f"edit '{fired[0]}' (edits/2026-04-01-ramp.yaml:{line})" in warning
+    assert f"projected in {first['trend']['edits_left']:.1f} edit(s)" in warning
+    jsonschema = __import__("pytest").importorskip("jsonschema")
+    jsonschema.validate(passed, json.loads(schema_path().read_text(encoding="utf-8")))
+    trend_check = next(c for c in passed["checks"] if c["kind"] == "trend")
+    assert trend_check["status"] == "warn" and trend_check["edit"] == fired[0]
+    markdown = (tmp_path / "upto" / "report.md").read_text(encoding="utf-8")
+    assert "📈" in markdown and "perplexity trend: the increments accelerate" in markdown
+    junit = ET.parse(tmp_path / "upto" / "junit.xml").getroot()
+    case = next(c for c in junit.iter("testcase") if c.get("name") == "perplexity trend")
+    assert case.find("failure") is None and "accelerate" in case.find("system-out").text
+    assert junit.get("failures") == "0"
+
+    # a second run restores the stored state: the trend records come back as they were
+    _, again = gate(trend_repo(tiny_repo, "upto", ft_manifest(ESCALATING[:stop])), tmp_path / "again")
+    assert again["restored"]["edits"] == stop
+    assert [e["trend"] for e in again["edits"]] == [e["trend"] for e in passed["edits"]]
+    assert again["warnings"] == passed["warnings"]
+
+    # switched off: no assessment, no warning
+    code, off = gate(trend_repo(tiny_repo, "off", ft_manifest(ESCALATING[:stop]), "false"), tmp_path / "off")
+    assert code == 0 and all(e["trend"] is None for e in off["edits"])
+    assert not any(w.startswith("perplexity trend") for w in off["warnings"])
+
+
+def test_a_healthy_sequence_does_not_warn(tiny_repo, tmp_path):
+    """Sixteen mild ROME edits (one optimisation step): ratios wandering between x0.98 and x1.01. Assessed
+    from the twelfth check on, never accelerating, no warning."""
+    rome = textwrap.dedent("""\
+          - id: r{i:02d}
+            prompt: "{{}} is located in the city of"
+            subject: {subject}
+            target: {city}
+            hparams: {{v_steps: 1, v_lr: 1.0}}
+        """)
+    manifest = "edits:\n" + "".join(rome.format(i=i, subject=LANDMARKS[i], city=CITIES[i % len(CITIES)])
+                                    for i in range(16))
+    code, doc = gate(trend_repo(tiny_repo, "healthy", manifest), tmp_path / "healthy")
+    assert code == 0 and doc["verdict"] == "passed"
+    assessed = [e["trend"] for e in doc["edits"] if e["trend"] is not None]
+    assert len(assessed) == 5 and not any(t["fired"] or t["accelerating"] for t in assessed)
+    assert not any(w.startswith("perplexity trend") for w in doc["warnings"])
+    assert not any(c["kind"] == "trend" for c in doc["checks"])

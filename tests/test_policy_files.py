@@ -64,3 +64,38 @@ def test_policy_ratios_and_counts(tmp_path):
     assert got[3].startswith("p.yaml:5: perplexity.corpus '../../etc/passwd' is outside the repository")
     ok = load_policy(write(tmp_path / "ok.yaml", "benchmarks: {run_at: 10}\nperplexity: {warn_ratio: 1.2}\n"), "ok")
     assert ok.benchmarks.run_at == 10 and ok.perplexity.warn_ratio == 1.2 and ok.perplexity.fail_ratio == 1.5
+
+
+def test_trend_warning_keys_are_validated_with_their_lines(tmp_path):
+    """perplexity.trend_warning (true/false) and trend_horizon (edits, bounded like check_every)."""
+    for name, horizon in (("default", 10), ("strict", 20), ("lenient", 5)):
+        pp = load_policy(f"builtin:{name}").perplexity
+        assert pp.trend_warning is True and pp.trend_horizon == horizon
+    path = write(tmp_path / "p.yaml", "perplexity:\n  trend_warning: yes please\n  trend_horizon: 0\n"
+                                      "  trend_horizn: 5\n")
+    with pytest.raises(InputError) as e:
+        load_policy(path, "policies/p.yaml")
+    assert messages(e) == [
+        "policies/p.yaml:2: perplexity.trend_warning must be true or false, not 'yes please'",
+        "policies/p.yaml:3: perplexity.trend_horizon must be a whole number from 1 to 1,000,000, not a number (0)",
+        "policies/p.yaml:4: perplexity: unknown key 'trend_horizn' (did you mean 'trend_horizon'?)",
+    ]
+    for bad in ("2.5", "1000001", "-3", "true", "'10'"):
+        with pytest.raises(InputError, match=r"p.yaml:1: perplexity.trend_horizon must be a whole number"):
+            load_policy(write(tmp_path / "p.yaml", f"perplexity: {{trend_horizon: {bad}}}\n"), "p.yaml")
+    off = load_policy(write(tmp_path / "off.yaml", "perplexity: {trend_warning: false, trend_horizon: 3}\n"), "off")
+    assert off.perplexity.trend_warning is False and off.perplexity.trend_horizon == 3
+
+
+def test_an_invalid_trend_key_exits_2_before_any_model_loads(tiny_repo, tmp_path):
+    from helpers import gate_policy, read_json, run_cli
+
+    repo = tiny_repo(policy=gate_policy(trend_horizon="ten"))
+    result = run_cli("run", "--repo", str(repo), "--out", str(tmp_path / "out"))
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    reasons = read_json(tmp_path / "out" / "report.json")["reasons"]
+    assert reasons == ["policies/default.yaml:9: perplexity.trend_horizon must be a whole number from 1 to "
+                       "1,000,000, not 'ten'"]
+    assert not (tmp_path / "cache").exists()  # nothing was loaded or computed
+    validated = run_cli("validate", str(repo))
+    assert validated.exit_code == 2 and "policies/default.yaml:9: perplexity.trend_horizon" in validated.output

@@ -39,6 +39,7 @@ def _edit_record(record, new: bool | None = None) -> dict[str, Any]:
         "found_by_bisection": record.found_by_bisection,
         "seconds": {"edit": record.edit_seconds, "check": record.check_seconds},
         "check": _check(record.check),
+        "trend": _clean(record.trend),
     }
 
 
@@ -168,8 +169,8 @@ def _fmt_num(x: Any) -> str:
 
 def checks_of(document: dict[str, Any]) -> list[dict[str, Any]]:
     """One entry per check the verdict rests on: every perplexity check (after the edit it followed)
-    against the policy's ratios, and every edit-metric minimum. Derived from the document alone, so a
-    saved report can be rendered (e.g. as JUnit) the same way."""
+    against the policy's ratios, and every edit-metric minimum; and the trend warning where it fired.
+    Derived from the document alone, so a saved report can be rendered (e.g. as JUnit) the same way."""
     policy = document.get("policy") or {}
     pp = policy.get("perplexity") or {}
     out: list[dict[str, Any]] = []
@@ -186,6 +187,7 @@ def checks_of(document: dict[str, Any]) -> list[dict[str, Any]]:
                    + (" (not finite: the model collapsed)" if isinstance(ratio, str) else ""))
         out.append({"name": f"perplexity after {edit['id']}", "kind": "perplexity", "edit": edit["id"],
                     "value": ratio, "threshold": pp.get("fail_ratio"), "status": status, "message": message})
+    out += _trend_check(document.get("edits") or [], pp)
     for point in (document.get("benchmarks") or {}).get("checkpoints", []):
         for c in point.get("benchmarks", []):
             status = "fail" if c["failed"] else "pass"
@@ -209,3 +211,17 @@ def checks_of(document: dict[str, Any]) -> list[dict[str, Any]]:
         out.append({"name": f"{key} >= {minimum}", "kind": "edit_metric", "edit": None, "value": value,
                     "threshold": minimum, "status": status, "message": message})
     return out
+
+
+def _trend_check(edits: list[dict[str, Any]], pp: dict[str, Any]) -> list[dict[str, Any]]:
+    """The trend warning as one check (status warn, never fail) where it fired: the first edit it fired at."""
+    fired = [e for e in edits if (e.get("trend") or {}).get("fired")]
+    if not fired:
+        return []
+    first = fired[0]
+    left = first["trend"]["edits_left"]
+    message = (f"perplexity increments accelerate from edit '{first['id']}' ({first['file']}:{first['line']}): "
+               f"fail_ratio {pp.get('fail_ratio')} projected in {left:.1f} edit(s), within trend_horizon "
+               f"{pp.get('trend_horizon')}; a warning, not a failure")
+    return [{"name": "perplexity trend", "kind": "trend", "edit": first["id"], "value": left,
+             "threshold": pp.get("trend_horizon"), "status": "warn", "message": message}]

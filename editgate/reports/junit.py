@@ -3,8 +3,9 @@ else that reads JUnit) list every edit and every check.
 
 Two suites: `editgate.edits`, one test case per edit (failed when the perplexity check after it failed
 or collapsed, skipped when the run stopped before applying it), and `editgate.checks`, one per check
-the verdict rests on (each perplexity check, each edit-metric minimum). A run that reached no
-verdict (invalid input, a crash) is one failing case carrying the problems.
+the verdict rests on (each perplexity check, each edit-metric minimum), plus the perplexity trend
+warning where it fired (passed, the warning as its output: a warning never fails the gate). A run that
+reached no verdict (invalid input, a crash) is one failing case carrying the problems.
 """
 
 from __future__ import annotations
@@ -95,6 +96,10 @@ def _details(edit: dict[str, Any]) -> str:
              f"prompt: {edit.get('prompt')!r} -> {edit.get('target')!r}",
              f"perplexity {_fmt(edit.get('perplexity'))}  ratio {_fmt(edit.get('ratio'))}  "
              f"change {_fmt(edit.get('ratio_change'))}"]
+    trend = edit.get("trend") or {}
+    if trend.get("fired"):
+        lines.append(f"trend warning: perplexity increments accelerating, fail_ratio projected in "
+                     f"{_fmt(trend.get('edits_left'))} edit(s)")
     if metrics:
         lines.append("  ".join(f"{k} {_fmt(v)}" for k, v in metrics.items() if not isinstance(v, list)))
         lines.append(f"locality right after the edit {_fmt(edit.get('locality_after_edit'))}")

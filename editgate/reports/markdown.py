@@ -16,6 +16,7 @@ STATUS = {"pass": "✅ pass", "warn": "⚠️ warn", "fail": "❌ fail", "collap
           "unchecked": "… unchecked", "not-run": "— not run"}
 MAX_BYTES = 1_000_000
 NEW = "🆕"
+TREND = " 📈"  # the trend warning fired at this check (editgate/trend.py)
 
 
 def _code(value: Any, table: bool = False) -> str:
@@ -161,9 +162,16 @@ def _edits_table(doc: dict[str, Any]) -> list[str]:
         mark = f"{NEW} " if e.get("new") else ""
         where = _code(f"{e['file']}:{e['line']}", table=True)
         out.append(f"| {i} | {mark}{_code(e['id'], table=True)} | {where} | {e['method']} "
-                   f"| {STATUS.get(e['status'], e['status'])} "
+                   f"| {STATUS.get(e['status'], e['status'])}{TREND if (e.get('trend') or {}).get('fired') else ''} "
                    f"| {_fmt(e['perplexity'])} | {_ratio_cell(e)} | {_fmt(e['ratio_change'], 4)} "
                    f"| {_pct(m.get('efficacy'))} | {_pct(m.get('generalization'))} | {_locality_cell(e)} |")
+    fired = [e for e in doc.get("edits", []) if (e.get("trend") or {}).get("fired")]
+    if fired:
+        horizon = ((doc.get("policy") or {}).get("perplexity") or {}).get("trend_horizon")
+        out += ["", f"{TREND.strip()}: the perplexity increments accelerate and fail_ratio is projected within "
+                    f"{horizon} edits (policy `perplexity.trend_horizon`) after {len(fired)} check(s); first after "
+                    f"{_code(fired[0]['id'])}, {fired[0]['trend']['edits_left']:.1f} edit(s) left. A warning: "
+                    "it never fails the gate."]
     early = [e for e in doc.get("edits", []) if (e.get("check") or {}).get("stopped_early")]
     if early:
         out += ["", f"≈: {len(early)} check(s) stopped once part of the sample settled the status "
