@@ -112,9 +112,12 @@ def plan(records: list[dict], tokenizer) -> list[Sequence]:
         "mixed": [Sequence(f"mixed-{i}", "mixed methods, one hard edit", "rome",
                            with_hard(9, rng.randrange(1, 8), i + 5), {"denominator": "published"},
                            edit_hparams={0: {"method": "ft"}, 4: {"method": "memit"}}) for i in range(2)],
-        "long": [Sequence("long-rome", "ROME, 100 edits (checked every 10)", "rome", take(100), check_every=10),
-                 Sequence("long-ft", "FT-L bound 0.05, 60 edits (checked every 5)", "ft", take(60),
-                          {"norm_constraint": 0.05}, check_every=5)],
+        # gradual: about x1.13 after 12 edits at lr 1e-2 (a probe on other records); the trend warning
+        # needs 12 checks before it judges, so these are long enough for it to speak
+        "gradual": [Sequence(f"ft-gradual-{i}", f"FT-L bound {bound:g}, lr {lr:g}, 30 edits", "ft", take(30),
+                             {"norm_constraint": bound, "lr": lr}) for i, (bound, lr) in enumerate([(0.05, 1e-2),
+                                                                                                 (0.1, 2e-2)])],
+        "long": [Sequence("long-rome", "ROME, 100 edits (checked every 10)", "rome", take(100), check_every=10)],
     }
     ordered, queues = [], [list(q) for q in kinds.values()]
     while any(queues):
@@ -173,50 +176,54 @@ def study_policy(name: str, suite: str) -> dict:
 
 class GroundTruth:
     """Labels a model state healthy or damaged by the suite alone: damaged when some task's paired drop
-    from the unedited model exceeds `max_drop`. The docs are scored in `chunks` parts and the label is
-    decided as soon as the docs so far settle it at z standard errors: damaged when a task's drop less
-    z paired standard errors is above `max_drop`; healthy when for every task even the docs it lost
-    (a one-sided Wilson bound on the share lost; the drop is at most that share) stay below `max_drop`.
-    Otherwise every doc is scored and the label is the full suite's point estimate. Most states are
-    clearly one or the other, so this costs a part of the suite; the ambiguous ones cost all of it."""
+    from the unedited model exceeds `max_drop`. Each task's docs are scored in `chunks` parts, and a task
+    stops as soon as its docs so far settle it at z standard errors: damaging when its drop less z paired
+    standard errors is above `max_drop` (the state is then damaged at once); harmless when even the share
+    of docs it lost (a one-sided Wilson bound; the drop is at most that share) is below `max_drop`. A
+    task never settled is scored whole and judged by its point estimate. Most states are clearly one or
+    the other, so this costs a part of the suite; an ambiguous task costs all of its docs."""
 
-    def __init__(self, suite, baseline: dict, max_drop: float, chunks: int = 4, z: float = 2.58):
-        self.suite, self.baseline, self.max_drop, self.z = suite, baseline, max_drop, z
+    def __init__(self, suite, baseline: dict, max_drop: float, chunks: int = 4, z: float = 2.0):
+        self.suite, self.baseline, self.max_drop, self.z, self.chunks = suite, baseline, max_drop, z, chunks
         self.parts = {task.name: [task.docs(task.n * k // chunks, task.n * (k + 1) // chunks)
                                   for k in range(chunks)] for task in suite.tasks}
 
     def label(self, model) -> dict:
         start = time.perf_counter()
         outcomes: dict[str, list[int]] = {name: [] for name in self.parts}
-        chunks = len(next(iter(self.parts.values())))
-        decided = None
-        for k in range(chunks):
-            for name, parts in self.parts.items():
-                result = parts[k].evaluate(model, self.suite.batch_tokens, self.suite.pad_id)
+        figures: dict[str, dict] = {}
+        open_tasks, damaged = list(self.parts), False
+        for k in range(self.chunks):
+            for name in list(open_tasks):
+                part = self.parts[name][k]
+                result = part.evaluate(model, self.suite.batch_tokens, self.suite.pad_id)
                 outcomes[name] += result.per_doc[result.metric]
-            figures = {name: self.figures(name, done) for name, done in outcomes.items()}
-            decided = self.decide(figures, final=k == chunks - 1)
-            if decided is not None:
+                figures[name] = self.figures(name, outcomes[name])
+                settled = self.settle(figures[name], final=k == self.chunks - 1)
+                if settled is not None:
+                    open_tasks.remove(name)
+                    damaged = damaged or settled
+                    if damaged:
+                        break
+            if damaged or not open_tasks:
                 break
-        return {"damaged": decided, "seconds": time.perf_counter() - start, "chunks": k + 1, "tasks": figures}
+        return {"damaged": damaged, "seconds": time.perf_counter() - start, "chunks": k + 1, "tasks": figures}
 
     def figures(self, name: str, now: list[int]) -> dict:
         from editgate.metrics.benchmarks.results import paired_stderr
 
         base = self.baseline[name].per_doc[self.baseline[name].metric][: len(now)]
         lost = sum(1 for b, a in zip(base, now) if b > a)
-        drop = (sum(base) - sum(now)) / len(now)
-        return {"docs": len(now), "drop": drop, "stderr": paired_stderr(base, now), "lost": lost,
-                "lost_upper": wilson_upper(lost, len(now), self.z)}
+        return {"docs": len(now), "drop": (sum(base) - sum(now)) / len(now), "stderr": paired_stderr(base, now),
+                "lost": lost, "lost_upper": wilson_upper(lost, len(now), self.z)}
 
-    def decide(self, figures: dict, final: bool) -> bool | None:
-        if any(f["drop"] - self.z * (f["stderr"] or 0) > self.max_drop for f in figures.values()):
+    def settle(self, f: dict, final: bool) -> bool | None:
+        """True: this task is damaged; False: it is not; None: score more of its docs."""
+        if f["drop"] - self.z * (f["stderr"] or 0) > self.max_drop:
             return True
-        if all(f["lost_upper"] < self.max_drop for f in figures.values()):
+        if f["lost_upper"] < self.max_drop:
             return False
-        if final:
-            return any(f["drop"] > self.max_drop + 1e-9 for f in figures.values())
-        return None
+        return f["drop"] > self.max_drop + 1e-9 if final else None
 
 
 def wilson_upper(k: int, n: int, z: float) -> float:

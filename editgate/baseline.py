@@ -37,12 +37,14 @@ class BaselineCache:
     def _path(self, kind: str, parts: Any) -> Path:
         return self.root / f"{kind}-{digest(parts)}.json"
 
-    def get(self, kind: str, parts: Any) -> Any | None:
+    def get(self, kind: str, parts: Any, usable: Callable[[Any], bool] | None = None) -> Any | None:
+        """The cached value, or None: absent, damaged (reported and removed), or one `usable` refuses (an
+        entry of an older shape the key does not tell apart); the caller measures again and puts."""
         if not self.enabled:
             return None
         value = cachefile.read_json(self._path(kind, parts), self.log)
-        if value is None:
-            return None  # absent, or damaged (reported and removed): measured again
+        if value is None or (usable is not None and not usable(value)):
+            return None
         self.hits.append(kind)
         return value
 

@@ -203,10 +203,13 @@ class Gate:
                                 lm_eval_include=self.config.lm_eval_include)
         parameter = next(self.loaded.model.parameters())
         parts = {"suite": self.suite.fingerprint(), "dtype": str(parameter.dtype), "device": parameter.device.type}
-        cached = self.cache.get("benchmarks", parts)
+        # an entry without per-doc outcomes (editgate before benchmark FORMAT_VERSION 2) cannot be compared
+        # doc by doc: measured again (lm-eval results have none to keep)
+        cached = self.cache.get("benchmarks", parts, usable=lambda entry: isinstance(entry, dict) and (
+            bool(self.suite.lm_eval) or all(isinstance(r, dict) and r.get("per_doc") for r in entry.values())))
         if cached is None:
             results = self.suite.run(self.loaded.model, self.log)
-            cached = {name: r.to_dict() for name, r in results.items()}
+            cached = {name: r.to_dict(per_doc=True) for name, r in results.items()}
             self.cache.put("benchmarks", parts, cached)
         self.baseline_benchmarks = {name: TaskResult.from_dict(r) for name, r in cached.items()}
         self.timings["baseline_benchmarks"] = time.perf_counter() - start

@@ -77,7 +77,7 @@ def _counted_phases(gate, mode: simdevice.SimulatedDevices):
 TEXTS = 24  # check texts: more than any per-check budget, so a sync per text cannot pass
 MAX_STEPS = 25  # the most optimisation steps of any method here (ft's default; ROME's tiny setting is 10)
 MAX_TEMPLATES = 10  # context prefixes, generated once per run (MEMIT's default); one read-back each
-BENCHMARK_REQUESTS = 200  # builtin:small's, in about 40 batches
+BENCHMARK_REQUESTS = 500  # builtin:small's docs (200 + 200 + 40 + 60)
 # the checkpoint's edit metrics by generation: transformers' generate synchronises once or twice per
 # generated token and batch (has every row ended?), and the memory model generates routed rows alone;
 # the tier's 7 edit prompts of up to 6 new tokens stay well under this

@@ -35,6 +35,7 @@ class Scored:
     logprobs: torch.Tensor  # [n] log p(token | prefix), float32 on the CPU
     argmax: torch.Tensor  # [n] the model's most likely token at each position
     targets: torch.Tensor  # [n] the tokens scored
+    alternatives: torch.Tensor | None = None  # [k] log p of other tokens at the first scored position
 
     @property
     def greedy_hits(self) -> torch.Tensor:
@@ -84,8 +85,13 @@ def pad_right(sequences: list[list[int]], pad_id: int, *, min_width: int = 0) ->
 
 
 def score_sequences(model: torch.nn.Module, sequences: list[list[int]], score_from: list[int],
-                    batch_tokens: int = 2048, pad_id: int = 0, forward: Forward | None = None) -> list[Scored]:
-    """Score tokens `score_from[i]`.. of each sequence (score_from >= 1: the first token has no prefix)."""
+                    batch_tokens: int = 2048, pad_id: int = 0, forward: Forward | None = None,
+                    alternatives: list[list[int] | None] | None = None) -> list[Scored]:
+    """Score tokens `score_from[i]`.. of each sequence (score_from >= 1: the first token has no prefix).
+
+    `alternatives[i]`: token ids whose log-probabilities at sequence i's first scored position are
+    returned too (`Scored.alternatives`): one forward pass scores every one-token choice of a
+    multiple-choice doc."""
     device = next(model.parameters()).device
     forward = forward or (lambda batch: model(input_ids=batch.ids, attention_mask=batch.mask).logits)
     results: list[Scored | None] = [None] * len(sequences)
@@ -95,20 +101,27 @@ def score_sequences(model: torch.nn.Module, sequences: list[list[int]], score_fr
             on_device = ids.to(device)
             logits = forward(Batch(on_device, mask.to(device), ids))
             spans = [(score_from[i] - 1, len(sequences[i]) - 1) for i in batch]
-            logprobs, argmax = _score_spans(logits, on_device, spans)
+            alts = [alternatives[i] if alternatives else None for i in batch]
+            logprobs, argmax = _score_spans(logits, on_device, spans, alts)
         for row, (i, (start, end)) in enumerate(zip(batch, spans)):
-            results[i] = Scored(logprobs[row], argmax[row], ids[row, start + 1 : end + 1])
+            width = end - start
+            extra = logprobs[row][width:] if alts[row] else None
+            results[i] = Scored(logprobs[row][:width], argmax[row], ids[row, start + 1 : end + 1], extra)
     return results  # type: ignore[return-value]
 
 
-def _score_spans(logits: torch.Tensor, ids: torch.Tensor, spans: list[tuple[int, int]]):
+def _score_spans(logits: torch.Tensor, ids: torch.Tensor, spans: list[tuple[int, int]],
+                 alternatives: list[list[int] | None]):
     """Log-probabilities (float32 whatever the model's dtype, so bf16 runs compare fairly) and argmax
-    of each row's span of positions, moved to the CPU in one transfer per batch: no host
-    synchronisation per sequence on a GPU."""
+    of each row's span of positions, each row's alternatives' log-probabilities appended to its span's,
+    moved to the CPU in one transfer per batch: no host synchronisation per sequence on a GPU."""
     logprobs, argmax = [], []
     for row, (start, end) in enumerate(spans):
         span = logits[row, start:end].float()
         logprobs.append(-F.cross_entropy(span, ids[row, start + 1 : end + 1], reduction="none"))
+        if alternatives[row]:
+            wanted = torch.tensor(alternatives[row], dtype=torch.long).to(span.device)
+            logprobs.append(span[0].log_softmax(-1)[wanted])
         argmax.append(span.argmax(dim=-1))
-    sizes = [end - start for start, end in spans]
-    return torch.cat(logprobs).cpu().split(sizes), torch.cat(argmax).cpu().split(sizes)
+    sizes = [end - start + len(alts or ()) for (start, end), alts in zip(spans, alternatives)]
+    return torch.cat(logprobs).cpu().split(sizes), torch.cat(argmax).cpu().split([e - s for s, e in spans])

@@ -93,16 +93,22 @@ def _benchmarks(doc: dict[str, Any]) -> list[str]:
     points = bench.get("checkpoints") or []
     if not any(p.get("benchmarks") for p in points):
         return []
-    out = ["", "Benchmarks before and after:", "", "| after edits | task | metric | before | after | drop | verdict |",
-           "|---|---|---|---|---|---|---|"]
+    out = ["", "Benchmarks before and after (drop ± its standard error, paired: over the same docs, unless marked):",
+           "", "| after edits | task | metric | before | after | drop | verdict |", "|---|---|---|---|---|---|---|"]
     for point in points:
         for c in point.get("benchmarks", []):
             noise = " (within noise)" if c["failed"] and c["within_noise"] else ""
             verdict = ("❌ fail" if c["failed"] else "✅ pass") + noise
             out.append(f"| {point['edits']} | {_plain(c['task'], True)} | {c['metric']} | {_fmt(c['base'])} "
-                       f"| {_fmt(c['now'])} "
-                       f"| {_fmt(c['drop'])} | {verdict} |")
+                       f"| {_fmt(c['now'])} | {_drop(c)} | {verdict} |")
     return out
+
+
+def _drop(c: dict[str, Any]) -> str:
+    """The drop, with its standard error and, where it is not paired (older reports, lm-eval), a mark."""
+    if c.get("stderr") is None:
+        return _fmt(c["drop"])
+    return f"{_fmt(c['drop'])} ± {_fmt(c['stderr'])}" + ("" if c.get("paired") else " (unpaired)")
 
 
 def _confirmation(doc: dict[str, Any]) -> list[str]:

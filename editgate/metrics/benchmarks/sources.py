@@ -16,12 +16,17 @@ PACKAGED_TASKS = Path(__file__).resolve().parent.parent.parent / "tasks"
 
 @dataclass
 class Where:
-    """A task's source (file shown to the user) and its mapping, for file:line errors."""
+    """A task's source (file shown to the user) and its mapping, for file:line errors; `included`: the
+    task file an `include:` took the mapping's other keys from, where errors about those keys point."""
 
     file: str
     data: Any
+    included: "Where | None" = None
 
     def error(self, key: str | None, message: str) -> InputError:
+        if (self.included is not None and key is not None and isinstance(self.data, dict) and key not in self.data
+                and isinstance(self.included.data, dict) and key in self.included.data):
+            return self.included.error(key, message)
         return InputError(Problem(self.file, line_of(self.data, key), message))
 
 

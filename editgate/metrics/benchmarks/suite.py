@@ -21,7 +21,7 @@ from editgate.yamlio import describe, load_yaml, unknown_key
 if TYPE_CHECKING:
     import torch
 
-BUILTIN_SUITES = ("small",)
+BUILTIN_SUITES = ("small", "medium")
 
 
 @dataclass
@@ -106,8 +106,8 @@ def _build(spec: str, tokenizer, root: Path | None) -> list[Task]:
 def _read_suite(path: Path, shown: str, root: Path | None) -> list[TaskDef]:
     data = load_yaml(path, shown)
     where = Where(shown, data)
-    if isinstance(data, dict) and "task" in data:  # a single task file is a suite of one
-        return [TaskDef(data, where, path.parent, root)]
+    if isinstance(data, dict) and ("task" in data or "include" in data):  # a single task file is a suite of one
+        return [_included(TaskDef(data, where, path.parent, root))]
     if not isinstance(data, dict) or "tasks" not in data:
         raise where.error(None, "a suite file needs a 'tasks:' list (task files or inline tasks), "
                                 "or is a single task with a 'task:' name")
@@ -123,10 +123,32 @@ def _read_suite(path: Path, shown: str, root: Path | None) -> list[TaskDef]:
             task_path = inside(entry, root, path.parent, shown, Where(shown, entries), i)
             task_shown = shown_path(task_path, root)
             task_data = load_yaml(task_path, task_shown)
-            defs.append(TaskDef(task_data, Where(task_shown, task_data), task_path.parent, root))
+            defs.append(_included(TaskDef(task_data, Where(task_shown, task_data), task_path.parent, root)))
         elif isinstance(entry, dict):
-            defs.append(TaskDef(entry, Where(shown, entry), path.parent, root))
+            defs.append(_included(TaskDef(entry, Where(shown, entry), path.parent, root)))
         else:
             raise Where(shown, entries).error(i, f"tasks[{i}] must be a task file path or an inline task "
                                                   f"mapping, not {describe(entry)}")
     return defs
+
+
+def _included(defn: TaskDef) -> TaskDef:
+    """A task with `include: <task file>` is that file's task with this mapping's keys on top
+    (lm-evaluation-harness's `include`, one level: an included file may not include another). Relative
+    paths stay relative to the file that names them: the included file's, unless `dataset` is set here."""
+    data, where = defn.data, defn.where
+    if not isinstance(data, dict) or "include" not in data:
+        return defn
+    name = data["include"]
+    if not isinstance(name, str) or not name.strip():
+        raise where.error("include", f"include must be a task file path, not {describe(name)}")
+    path = inside(name, defn.root, defn.base, where.file, where, "include")
+    shown = shown_path(path, defn.root)
+    base_data = load_yaml(path, shown)
+    if not isinstance(base_data, dict):
+        raise Where(shown, base_data).error(None, f"an included task must be a mapping, not {describe(base_data)}")
+    if "include" in base_data:
+        raise Where(shown, base_data).error("include", "an included task file may not include another")
+    merged = {**base_data, **{k: v for k, v in data.items() if k != "include"}}
+    base = defn.base if "dataset" in data else path.parent
+    return TaskDef(merged, Where(where.file, data, Where(shown, base_data)), base, defn.root)

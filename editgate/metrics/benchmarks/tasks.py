@@ -19,18 +19,23 @@ their ids concatenated (every choice shares the context's tokens); a choice's lo
 sum over its tokens; `acc_norm` divides it by the choice's length in UTF-8 bytes; continuation accuracy
 is greedy exact match (every target token is the argmax under teacher forcing, LAMBADA-style);
 perplexity is token-weighted over the docs; standard errors are sqrt(p(1-p)/(n-1)). Everything is
-scored in one batched pass per task through `score_sequences`.
+scored in one batched pass per task through `score_sequences`. A multiple-choice doc whose choices are
+one token each is one sequence: the context, scored once, gives every choice's log-probability at its
+last position (the same figures as one sequence per choice, at a quarter of the cost for four choices).
+Each doc's outcome is kept (`TaskResult.per_doc`) so that a checkpoint is compared with the baseline
+doc by doc (results.py).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from editgate.metrics.benchmarks.datasets import load_docs
-from editgate.metrics.benchmarks.results import TaskResult, accuracy_stderr
+from editgate.metrics.benchmarks.results import PER_DOC_NLL, PER_DOC_TOKENS, TaskResult, accuracy_stderr
 from editgate.metrics.benchmarks.sources import TaskDef, Where
 from editgate.metrics.benchmarks.templates import Template
 from editgate.yamlio import describe, unknown_key
@@ -38,7 +43,8 @@ from editgate.yamlio import describe, unknown_key
 if TYPE_CHECKING:
     import torch
 
-FORMAT_VERSION = 1  # part of every suite fingerprint: bump when scoring changes meaning
+# part of every suite fingerprint: bump when scoring or a cached result changes meaning
+FORMAT_VERSION = 2  # 2: per-doc outcomes in every result (a cached baseline without them is measured again)
 
 # output_type -> canonical name; lm-evaluation-harness's own names are accepted as aliases.
 OUTPUT_TYPES = {"multiple_choice": "multiple_choice", "continuation": "continuation",
@@ -70,47 +76,69 @@ class Task:
     metrics: list[str]
     source: str
     requests: list[Request]
-    sequences: list[list[int]]  # one per (doc, continuation), in request order
+    sequences: list[list[int]]  # one per (doc, continuation) in request order; one per doc with `alternatives`
     starts: list[int]  # where each sequence's scored continuation begins
+    alternatives: list[list[int] | None] = field(default_factory=list)  # per sequence: one-token choices
 
     @property
     def n(self) -> int:
         return len(self.requests)
+
+    def docs(self, start: int, stop: int) -> "Task":
+        """The same task on docs [start, stop) only: scoring a suite in parts, to stop once they settle."""
+        first = [0]  # where each doc's sequences begin
+        for request in self.requests:
+            one_pass = self.alternatives and self.alternatives[first[-1]] is not None
+            first.append(first[-1] + (1 if one_pass or self.output_type != "multiple_choice"
+                                      else len(request.continuations)))
+        lo, hi = first[start], first[stop]
+        return dataclasses.replace(self, requests=self.requests[start:stop], sequences=self.sequences[lo:hi],
+                                   starts=self.starts[lo:hi], alternatives=self.alternatives[lo:hi])
 
     def evaluate(self, model: torch.nn.Module, batch_tokens: int, pad_id: int) -> TaskResult:
         from editgate.metrics.perplexity import safe_exp  # torch: imported only to score a model
         from editgate.metrics.scoring import score_sequences
 
         start = time.perf_counter()
-        scored = score_sequences(model, self.sequences, self.starts, batch_tokens, pad_id)
+        scored = score_sequences(model, self.sequences, self.starts, batch_tokens, pad_id,
+                                 alternatives=self.alternatives or None)
         values: dict[str, float] = {}
         stderrs: dict[str, float | None] = {}
+        per_doc: dict[str, list] = {}
         if self.output_type == "multiple_choice":
-            acc, acc_norm, i = [], [], 0
+            per_doc["acc"], per_doc["acc_norm"] = [], []
+            i = 0
             for req in self.requests:
-                lls = [float(s.logprobs.double().sum()) for s in scored[i: i + len(req.continuations)]]
-                i += len(req.continuations)
-                acc.append(_argmax(lls) == req.gold)
-                acc_norm.append(_argmax([ll / max(b, 1) for ll, b in zip(lls, req.choice_bytes)]) == req.gold)
-            for name, hits in (("acc", acc), ("acc_norm", acc_norm)):
-                values[name] = sum(hits) / len(hits)
-                stderrs[name] = accuracy_stderr(values[name], len(hits))
+                if self.alternatives and self.alternatives[i] is not None:
+                    lls = scored[i].alternatives.double().tolist()
+                    i += 1
+                else:
+                    lls = [float(s.logprobs.double().sum()) for s in scored[i: i + len(req.continuations)]]
+                    i += len(req.continuations)
+                per_doc["acc"].append(int(_argmax(lls) == req.gold))
+                norm = [ll / max(b, 1) for ll, b in zip(lls, req.choice_bytes)]
+                per_doc["acc_norm"].append(int(_argmax(norm) == req.gold))
+            for name in ("acc", "acc_norm"):
+                values[name] = sum(per_doc[name]) / len(per_doc[name])
+                stderrs[name] = accuracy_stderr(values[name], len(per_doc[name]))
         else:
-            hits = [bool(s.greedy_hits.all()) for s in scored]
-            nll = sum(float(-s.logprobs.double().sum()) for s in scored)
-            tokens = sum(len(s.logprobs) for s in scored)
-            values["perplexity"] = safe_exp(nll / tokens)
+            per_doc["acc"] = [int(bool(s.greedy_hits.all())) for s in scored]
+            per_doc[PER_DOC_NLL] = [float(-s.logprobs.double().sum()) for s in scored]
+            per_doc[PER_DOC_TOKENS] = [len(s.logprobs) for s in scored]
+            values["perplexity"] = safe_exp(sum(per_doc[PER_DOC_NLL]) / sum(per_doc[PER_DOC_TOKENS]))
             stderrs["perplexity"] = None
             if self.output_type == "continuation":
-                values["acc"] = sum(hits) / len(hits)
-                stderrs["acc"] = accuracy_stderr(values["acc"], len(hits))
+                values["acc"] = sum(per_doc["acc"]) / len(per_doc["acc"])
+                stderrs["acc"] = accuracy_stderr(values["acc"], len(per_doc["acc"]))
+        keep = [k for m in self.metrics for k in ((PER_DOC_NLL, PER_DOC_TOKENS) if m == "perplexity" else (m,))]
         headline = self.metrics[0]
         return TaskResult(self.name, headline, values[headline], stderrs[headline], self.n,
                           time.perf_counter() - start,
-                          {m: values[m] for m in self.metrics}, {m: stderrs[m] for m in self.metrics})
+                          {m: values[m] for m in self.metrics}, {m: stderrs[m] for m in self.metrics},
+                          {k: per_doc[k] for k in keep})
 
     def digest_input(self) -> list:
-        return [self.name, self.output_type, self.metrics, self.sequences, self.starts,
+        return [self.name, self.output_type, self.metrics, self.sequences, self.starts, self.alternatives,
                 [r.gold for r in self.requests], [r.choice_bytes for r in self.requests]]
 
 
@@ -195,14 +223,15 @@ def prepare(defn: TaskDef, tokenizer) -> Task:
             requests.append(Request("", [text]))
     if tokenizer is None:  # check_suite: validated, not tokenized
         return Task(name, kind, metrics, where.file, requests, [], [])
-    sequences, starts = _tokenize(requests, tokenizer, max_tokens, kind)
+    sequences, starts, alternatives = _tokenize(requests, tokenizer, max_tokens, kind)
     if kind == "perplexity":  # a one-token text has nothing to predict
         keep = [j for j, s in enumerate(sequences) if len(s) >= 2]
         requests = [requests[j] for j in keep]
         sequences, starts = [sequences[j] for j in keep], [starts[j] for j in keep]
+        alternatives = [alternatives[j] for j in keep]
         if not requests:
             raise where.error("dataset", f"dataset {dataset!r}: every text is shorter than two tokens")
-    return Task(name, kind, metrics, where.file, requests, sequences, starts)
+    return Task(name, kind, metrics, where.file, requests, sequences, starts, alternatives)
 
 
 def _request(context: str, continuations: list[str], gold: int, choice_bytes: list[int]) -> Request:
@@ -214,26 +243,36 @@ def _request(context: str, continuations: list[str], gold: int, choice_bytes: li
     return Request(context, continuations, gold, choice_bytes)
 
 
-def _tokenize(requests: list[Request], tokenizer, max_tokens: int, kind: str) -> tuple[list[list[int]], list[int]]:
+def _tokenize(requests: list[Request], tokenizer, max_tokens: int, kind: str):
     """Context tokenized once per doc, each continuation separately, the ids concatenated; contexts are
-    cut from the left (continuations from the right) to fit `max_tokens`."""
-    sequences, starts = [], []
+    cut from the left (continuations from the right) to fit `max_tokens`. Returns the sequences, where
+    each one's scored part starts, and per sequence the one-token choices it scores (None: none)."""
+    sequences, starts, alternatives = [], [], []
     prefix = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.pad_token_id
     for req in requests:
         if kind == "perplexity":
             ids = tokenizer(req.continuations[0])["input_ids"][:max_tokens]
             sequences.append(ids)
             starts.append(1)
+            alternatives.append(None)
             continue
         context = tokenizer(req.context)["input_ids"] if req.context else []
         if not context:  # nothing to condition on: the end-of-text token, as lm-eval does
             context = [prefix if prefix is not None else 0]
-        for cont in req.continuations:
-            cont_ids = tokenizer(cont, add_special_tokens=False)["input_ids"][: max_tokens - 1]
+        conts = [tokenizer(cont, add_special_tokens=False)["input_ids"][: max_tokens - 1]
+                 for cont in req.continuations]
+        if kind == "multiple_choice" and all(len(c) == 1 for c in conts):  # one pass scores every choice
+            ctx = context[-(max_tokens - 1):]
+            sequences.append(ctx + conts[0])
+            starts.append(len(ctx))
+            alternatives.append([c[0] for c in conts])
+            continue
+        for cont_ids in conts:
             ctx = context[-(max_tokens - len(cont_ids)):]
             sequences.append(ctx + cont_ids)
             starts.append(len(ctx))
-    return sequences, starts
+            alternatives.append(None)
+    return sequences, starts, alternatives
 
 
 def _choices(templates, doc: dict, i: int, where: Where) -> list[str]:
