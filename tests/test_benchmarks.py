@@ -8,6 +8,7 @@ import json
 import math
 import statistics
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -156,22 +157,28 @@ def test_wiki_reading_docs_ask_for_a_passage_word_among_four_of_its_words():
     assert len(wiki_reading_docs()) > 600
 
 
-def test_builtin_tasks_run_on_a_tiny_model(load_tiny, tmp_path, tokenizer):
-    write(tmp_path / "suite.yaml", """\
-        tasks:
-          - {task: cloze, dataset: "builtin:wiki-cloze", output_type: continuation,
-             doc_to_text: "{{context}}", doc_to_target: "{{target}}", limit: 6}
-          - {task: describe, dataset: "builtin:wiki-describe", output_type: multiple_choice,
-             doc_to_text: "Title: {{title}}\\nDescription:", doc_to_choice: "{{choices}}", gold: gold, limit: 6}
-          - {include: editgate_tasks/wiki_entity.yaml, limit: 6}
-          - {include: editgate_tasks/wiki_reading.yaml, limit: 6}
-        """)
+def wiki_suite(root: Path, tokenizer, limit: int, packaged: tuple[str, ...]):
+    """Cloze and describe written inline and the packaged task files named, `limit` docs each, loaded as a
+    repository's suite (the packaged task files copied in)."""
     import shutil
 
     from editgate.metrics.benchmarks.sources import PACKAGED_TASKS
 
-    shutil.copytree(PACKAGED_TASKS, tmp_path / "editgate_tasks")  # the packaged task files, as a repository's
-    suite = load_suite("suite.yaml", tokenizer, root=tmp_path)
+    includes = "".join(f"  - {{include: editgate_tasks/{name}.yaml, limit: {limit}}}\n" for name in packaged)
+    (root / "suite.yaml").write_text(textwrap.dedent(f"""\
+        tasks:
+          - {{task: cloze, dataset: "builtin:wiki-cloze", output_type: continuation,
+             doc_to_text: "{{{{context}}}}", doc_to_target: "{{{{target}}}}", limit: {limit}}}
+          - {{task: describe, dataset: "builtin:wiki-describe", output_type: multiple_choice,
+             doc_to_text: "Title: {{{{title}}}}\\nDescription:", doc_to_choice: "{{{{choices}}}}", gold: gold,
+             limit: {limit}}}
+        """) + includes, encoding="utf-8")
+    shutil.copytree(PACKAGED_TASKS, root / "editgate_tasks")  # the packaged task files, as a repository's
+    return load_suite("suite.yaml", tokenizer, root=root)
+
+
+def test_builtin_tasks_run_on_a_tiny_model(load_tiny, tmp_path, tokenizer):
+    suite = wiki_suite(tmp_path, tokenizer, 6, ("wiki_entity", "wiki_reading"))
     logs = []
     results = suite.run(load_tiny("llama", layers=2).model, log=logs.append)
     assert list(results) == ["cloze", "describe", "wiki_entity", "wiki_reading"] and len(logs) == 4
@@ -197,20 +204,7 @@ def test_builtin_tasks_run_on_a_tiny_model(load_tiny, tmp_path, tokenizer):
 def test_a_task_scored_in_parts_gives_each_docs_outcome_as_scored_whole(load_tiny, tmp_path, tokenizer):
     """Task.docs(start, stop): the parts' per-doc outcomes, end to end, are the whole task's (multiple
     choice with one-token choices in one pass, with longer choices one sequence each, and continuation)."""
-    write(tmp_path / "suite.yaml", """\
-        tasks:
-          - {task: cloze, dataset: "builtin:wiki-cloze", output_type: continuation,
-             doc_to_text: "{{context}}", doc_to_target: "{{target}}", limit: 7}
-          - {task: describe, dataset: "builtin:wiki-describe", output_type: multiple_choice,
-             doc_to_text: "Title: {{title}}\\nDescription:", doc_to_choice: "{{choices}}", gold: gold, limit: 7}
-          - {include: editgate_tasks/wiki_reading.yaml, limit: 7}
-        """)
-    import shutil
-
-    from editgate.metrics.benchmarks.sources import PACKAGED_TASKS
-
-    shutil.copytree(PACKAGED_TASKS, tmp_path / "editgate_tasks")
-    suite = load_suite("suite.yaml", tokenizer, root=tmp_path)
+    suite = wiki_suite(tmp_path, tokenizer, 7, ("wiki_reading",))
     model = load_tiny("llama", layers=2).model
     for task in suite.tasks:
         whole = task.evaluate(model, suite.batch_tokens, suite.pad_id)
