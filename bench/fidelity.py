@@ -165,12 +165,10 @@ def load_study_policy(name: str):
     return load_policy(path, name)
 
 
-def study_policy(name: str, suite: str) -> dict:
-    """The policy under study as a repository file, its benchmark suite replaced by the ground truth's
-    (the gate measures the suite's baseline; the study labels every state with it, not only the end)."""
+def study_policy(name: str) -> dict:
+    """The policy under study as a repository file, as a user would commit it."""
     policy = dataclasses.asdict(load_study_policy(name))
     policy.pop("source", None)
-    policy["benchmarks"] = {"suite": suite, "run_at": "end", "max_drop": policy["benchmarks"]["max_drop"]}
     return policy
 
 
@@ -238,15 +236,22 @@ def labelling_gate_class():
     from editgate.gate import Gate
 
     class LabellingGate(Gate):
+        truth_suite: str  # the ground-truth suite's spec, set by the caller
         labels: dict[int, dict]
         truth: GroundTruth
 
         def prepare_benchmarks(self) -> None:
-            super().prepare_benchmarks()  # the suite's baseline, cached like every baseline
-            self.truth = GroundTruth(self.suite, self.baseline_benchmarks, self.policy.benchmarks.max_drop)
-            self.suite = None  # the final checkpoint keeps to edit metrics: the study labels every state
+            """The ground truth's suite and baseline (cached like every baseline), then the policy's own
+            suite, which the final checkpoint scores as the gate does."""
+            policy = self.policy
+            self.policy = dataclasses.replace(policy, benchmarks=dataclasses.replace(policy.benchmarks,
+                                                                                      suite=self.truth_suite))
+            super().prepare_benchmarks()
+            self.truth = GroundTruth(self.suite, self.baseline_benchmarks, policy.benchmarks.max_drop)
             self.label_baseline = {name: r.to_dict() for name, r in self.baseline_benchmarks.items()}
             self.labels = {}
+            self.policy, self.suite, self.baseline_benchmarks = policy, None, {}
+            super().prepare_benchmarks()
 
         def restore(self, units, keys, scorer) -> int:
             return 0
@@ -270,13 +275,15 @@ def run_sequence(seq: Sequence, records: list[dict], policy_name: str, suite: st
     from editgate.validate import load_inputs
 
     with tempfile.TemporaryDirectory() as tmp:
-        policy = study_policy(policy_name, suite)
+        policy = study_policy(policy_name)
         if seq.check_every != 1:
             policy["perplexity"]["check_every"] = seq.check_every
         repo = write_repository(seq, records, policy, Path(tmp))
         config, policy_obj, edits = load_inputs(repo)
         start = time.perf_counter()
-        gate = labelling_gate_class()(config, policy_obj, edits, loaded, log=log)
+        gate_class = labelling_gate_class()
+        gate_class.truth_suite = suite
+        gate = gate_class(config, policy_obj, edits, loaded, log=log)
         try:
             result = gate.run()
         finally:
@@ -288,37 +295,79 @@ def run_sequence(seq: Sequence, records: list[dict], policy_name: str, suite: st
         label = gate.labels.get(position)
         rows.append({"position": position, "id": record.edit.id, "method": record.method,
                      "hard": record.edit.id in hard, "status": record.status, "ratio": record.ratio,
-                     "risk": list(record.risk), "trend": getattr(record, "trend", None),
+                     "risk": list(record.risk), "risk_signals": risk_signals(record.method_info),
+                     "trend": getattr(record, "trend", None),
                      "damaged": label["damaged"] if label else None,
                      "tasks": label["tasks"] if label else None, "label_seconds": label["seconds"] if label else None,
                      "label_parts": label["chunks"] if label else None,
                      "edit_seconds": record.edit_seconds, "check_seconds": record.check_seconds})
     return {"name": seq.name, "kind": seq.kind, "method": seq.method, "hparams": seq.hparams,
             "edit_hparams": {str(k): v for k, v in seq.edit_hparams.items()}, "check_every": seq.check_every,
-            "verdict": result.verdict, "culprit": result.culprit.edit.id if result.culprit else None,
+            "verdict": result.verdict, "reasons": result.reasons, "checkpoint": final_checkpoint(result),
+            "max_drop": policy_obj.benchmarks.max_drop,
+            "culprit": result.culprit.edit.id if result.culprit else None,
             "stopped_early": result.stopped_early, "warnings": result.warnings, "seconds": seconds,
             "baseline_tasks": {k: v["value"] for k, v in gate.label_baseline.items()}, "rows": rows}
+
+
+def final_checkpoint(result) -> dict | None:
+    """The policy's own benchmark suite at the end, as the gate judged it (None when the gate stopped
+    before its final checkpoint, or the policy runs none)."""
+    if not result.checkpoints or not result.checkpoints[-1].benchmarks:
+        return None
+    tasks = result.checkpoints[-1].benchmarks
+    return {"failed": any(reason.startswith("benchmark ") for reason in result.reasons),  # noise as the policy says
+            "tasks": {t["task"]: {k: t[k] for k in ("drop", "stderr", "within_noise", "failed")} for t in tasks}}
+
+
+def risk_signals(info: dict) -> dict:
+    """The numbers the gate's risk flags threshold (gate.py `risk`), kept so thresholds can be swept."""
+    norms = info.get("relative_update_norm")
+    largest = max(norms.values()) if isinstance(norms, dict) and norms else norms
+    return {"relative_update_norm": largest if isinstance(largest, float) else None,
+            "key_denominator": info.get("key_denominator_normalised")}
 
 
 # --- the figures ------------------------------------------------------------------------------------
 
 BAD = ("fail", "collapse")
+OLD_RUNS_MAX_DROP = 0.05  # runs stored before they kept their max_drop were all labelled with builtin:default's
 
 
 def states(runs: list[dict]) -> list[dict]:
-    return [dict(row, sequence=run["name"]) for run in runs for row in run["rows"] if row["damaged"] is not None]
+    return [dict(row, sequence=run["name"], max_drop=run.get("max_drop", OLD_RUNS_MAX_DROP))
+            for run in runs for row in run["rows"] if row["damaged"] is not None]
 
 
 def agreement(runs: list[dict]) -> dict:
-    """The gate's per-state verdict against the ground-truth label (a confusion table)."""
+    """The gate's per-state verdict against the ground-truth label (a confusion table); also over the
+    states whose label is clear, where no task's drop was left within z standard errors of `max_drop`."""
     table = {"gate_bad_label_damaged": 0, "gate_bad_label_healthy": 0, "gate_ok_label_damaged": 0,
              "gate_ok_label_healthy": 0}
+    clear, clear_right = 0, 0
     for row in states(runs):
         gate = "bad" if row["status"] in BAD else "ok"
         table[f"gate_{gate}_label_{'damaged' if row['damaged'] else 'healthy'}"] += 1
+        if label_is_clear(row):
+            clear += 1
+            clear_right += (gate == "bad") == row["damaged"]
     total = sum(table.values())
     right = table["gate_bad_label_damaged"] + table["gate_ok_label_healthy"]
-    return {**table, "states": total, "agreement": right / total if total else None}
+    return {**table, "states": total, "agreement": right / total if total else None,
+            "clear_states": clear, "agreement_clear": clear_right / clear if clear else None}
+
+
+def label_is_clear(row: dict, z: float = 2.0) -> bool:
+    """Settled at z standard errors (GroundTruth.settle's bounds), not by a point estimate near max_drop:
+    damaged by a task clearly above it, or healthy with every task clearly below."""
+    def above(f: dict) -> bool:
+        return f["drop"] - z * (f["stderr"] or 0) > row["max_drop"]
+
+    def below(f: dict) -> bool:
+        return f["lost_upper"] < row["max_drop"]
+
+    tasks = list(row["tasks"].values())
+    return any(above(f) for f in tasks) if row["damaged"] else all(below(f) for f in tasks)
 
 
 def first_damaged_window(run: dict) -> tuple[int, int] | None:
@@ -347,8 +396,9 @@ def culprit_accuracy(runs: list[dict]) -> dict:
             "accuracy": right / len(damaged) if damaged else None, "cases": cases}
 
 
-def risk_figures(runs: list[dict]) -> dict:
-    """Edits that turn a labelled-healthy state into a damaged one (checked every edit), against the flags."""
+def risk_figures(runs: list[dict], thresholds: tuple[float, float] | None = None) -> dict:
+    """Edits that turn a labelled-healthy state into a damaged one (checked every edit), against the flags:
+    the gate's own, or those that (max_relative_update, min_key_denominator) `thresholds` would raise."""
     damaging, flagged_damaging, flagged, flagged_harmless = 0, 0, 0, 0
     for run in runs:
         if run["check_every"] != 1:
@@ -357,7 +407,7 @@ def risk_figures(runs: list[dict]) -> dict:
         for row in run["rows"]:
             if row["damaged"] is None:
                 continue
-            flag = bool(row["risk"])
+            flag = bool(row["risk"]) if thresholds is None else would_flag(row, *thresholds)
             turns = row["damaged"] and not previous
             damaging += turns
             flagged += flag
@@ -368,6 +418,31 @@ def risk_figures(runs: list[dict]) -> dict:
             "flagged_harmless": flagged_harmless,
             "recall": flagged_damaging / damaging if damaging else None,
             "false_alarm_share": flagged_harmless / flagged if flagged else None}
+
+
+RISK_SWEEP = [(update, denominator) for update in (0.1, 0.25, 0.5, 1.0, 2.0) for denominator in (0.1, 0.05, 0.02)]
+
+
+def would_flag(row: dict, max_update: float, min_denominator: float) -> bool:
+    """Would these thresholds flag the edit? Exact for thresholds no looser than the study policy's: a
+    signal the gate did not flag was already inside them (older runs kept only the flag texts)."""
+    signals = row.get("risk_signals") or {
+        "relative_update_norm": _number_after("update is ", row["risk"]),
+        "key_denominator": _number_after("key width is ", row["risk"])}
+    update, denominator = signals["relative_update_norm"], signals["key_denominator"]
+    return (update is not None and update > max_update) or (denominator is not None and denominator < min_denominator)
+
+
+def _number_after(prefix: str, texts: list[str]) -> float | None:
+    for text in texts:
+        if prefix in text:
+            return float(text.split(prefix, 1)[1].split()[0])
+    return None
+
+
+def risk_sweep(runs: list[dict]) -> list[dict]:
+    return [{"max_relative_update": update, "min_key_denominator": denominator,
+             **risk_figures(runs, (update, denominator))} for update, denominator in RISK_SWEEP]
 
 
 def lead_times(runs: list[dict]) -> dict:
@@ -387,6 +462,25 @@ def lead_times(runs: list[dict]) -> dict:
     return {"gradual_failures": gradual, "trend_fired_before": fired, "lead_edits": leads}
 
 
+def sequence_verdicts(runs: list[dict]) -> dict:
+    """The gate's verdict on a whole sequence (checks, then the policy's own suite at the final checkpoint)
+    against the label of its final state: what the shipped policy buys beyond per-edit perplexity. Runs
+    measured before the study kept the final checkpoint are left out."""
+    table = {"checks_fail": [0, 0], "checkpoint_only_fails": [0, 0], "passes": [0, 0]}  # [damaged, healthy]
+    for run in runs:
+        labelled = [row for row in run["rows"] if row["damaged"] is not None]
+        if "checkpoint" not in run or not labelled:
+            continue
+        column = 0 if labelled[-1]["damaged"] else 1
+        if any(row["status"] in BAD for row in run["rows"]):
+            table["checks_fail"][column] += 1
+        elif run["checkpoint"] and run["checkpoint"]["failed"]:
+            table["checkpoint_only_fails"][column] += 1
+        else:
+            table["passes"][column] += 1
+    return table
+
+
 def paired_stderrs(runs: list[dict]) -> dict:
     """The ground-truth suite's paired standard errors over the labelled states, per task."""
     by_task: dict[str, list[float]] = {}
@@ -400,7 +494,8 @@ def paired_stderrs(runs: list[dict]) -> dict:
 def summary(runs: list[dict], policy: str, suite: str) -> dict:
     return {"policy": policy, "suite": suite, "sequences": len(runs),
             "states": len(states(runs)), "agreement": agreement(runs), "culprit": culprit_accuracy(runs),
-            "risk": risk_figures(runs), "lead_time": lead_times(runs), "paired_stderr": paired_stderrs(runs),
+            "risk": risk_figures(runs), "risk_sweep": risk_sweep(runs), "lead_time": lead_times(runs),
+            "sequence_verdicts": sequence_verdicts(runs), "paired_stderr": paired_stderrs(runs),
             "by_kind": by_kind(runs)}
 
 
@@ -411,7 +506,8 @@ def by_kind(runs: list[dict]) -> list[dict]:
         agree = agreement(chosen)
         rows.append({"kind": kind, "sequences": len(chosen), "states": agree["states"],
                      "damaged_states": agree["gate_bad_label_damaged"] + agree["gate_ok_label_damaged"],
-                     "agreement": agree["agreement"], "failed_runs": sum(run["verdict"] == "failed" for run in chosen)})
+                     "agreement": agree["agreement"],
+                     "check_failed_runs": sum(any(row["status"] in BAD for row in run["rows"]) for run in chosen)})
     return rows
 
 
@@ -447,14 +543,24 @@ def tables(result: dict) -> list[str]:
         ["gate pass/warn", agree["gate_ok_label_damaged"], agree["gate_ok_label_healthy"]]])]
     out.append(print_table(["figure", "measured", "target"], [
         ["agreement (states)", f"{agree['agreement']:.3f} of {agree['states']}" if agree["states"] else "—", ">= 0.95"],
+        ["agreement (states with a clear label)",
+         f"{agree['agreement_clear']:.3f} of {agree['clear_states']}" if agree["clear_states"] else "—", ""],
         ["culprit exactly right", _share(culprit["right"], culprit["damaged_sequences"]), ">= 0.95"],
         ["risk recall", _share(risk["flagged_of_damaging"], risk["damaging_edits"]), ">= 0.80"],
         ["risk false alarms (flagged, harmless)", _share(risk["flagged_harmless"], risk["flagged"]), "<= 0.20"],
         ["trend warning before the failure", _share(lead["trend_fired_before"], lead["gradual_failures"]), "most"],
     ]))
-    out.append(print_table(["kind", "sequences", "states", "damaged states", "agreement", "gate failed"],
+    out.append(print_table(["kind", "sequences", "states", "damaged states", "agreement", "check failed"],
                            [[r["kind"], r["sequences"], r["states"], r["damaged_states"], r["agreement"],
-                             r["failed_runs"]] for r in result["by_kind"]]))
+                             r["check_failed_runs"]] for r in result["by_kind"]]))
+    seq = result["sequence_verdicts"]
+    out.append(print_table(["whole sequence (final state)", "label damaged", "label healthy"], [
+        ["a check fails", *seq["checks_fail"]], ["only the final checkpoint fails", *seq["checkpoint_only_fails"]],
+        ["gate passes", *seq["passes"]]]))
+    out.append(print_table(["max_relative_update", "min_key_denominator", "risk recall", "false alarms"],
+                           [[r["max_relative_update"], r["min_key_denominator"],
+                             _share(r["flagged_of_damaging"], r["damaging_edits"]),
+                             _share(r["flagged_harmless"], r["flagged"])] for r in result["risk_sweep"]]))
     out.append(print_table(["task", "paired stderr (median)", "max", "states"],
                            [[t, v["median"], v["max"], v["states"]] for t, v in result["paired_stderr"].items()]))
     return out
@@ -480,7 +586,7 @@ def main() -> None:
     parser.add_argument("--policy", default="builtin:default", help="the policy under study")
     parser.add_argument("--suite", default="builtin:medium", help="the ground-truth suite that labels every state")
     parser.add_argument("--minutes", type=float, default=None, help="start no new sequence after this long")
-    parser.add_argument("--only", default=None, help="comma-separated sequence names")
+    parser.add_argument("--only", default=None, help="comma-separated sequence names, run in this order")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--shard", default="1/1", help="i/n: run every n-th planned sequence from the i-th "
                                                        "(one process per core, each pinned with taskset)")
@@ -496,14 +602,14 @@ def main() -> None:
             print(f"{seq.name:28} {seq.kind:45} {len(seq.records):4} edits, check every {seq.check_every}")
         return
     STUDY.mkdir(parents=True, exist_ok=True)
-    wanted = set(args.only.split(",")) if args.only else None
+    pending = [seq for seq in sequences
+               if not args.summary and not measured(STUDY / f"{seq.name}.json", args.policy, args.suite)]
+    if args.only:
+        by_name = {seq.name: seq for seq in pending}
+        pending = [by_name[name] for name in args.only.split(",") if name in by_name]
     shard, shards = (int(x) for x in args.shard.split("/"))
-    for number, seq in enumerate(sequences):
+    for seq in pending[shard - 1::shards]:
         path = STUDY / f"{seq.name}.json"
-        if args.summary or measured(path, args.policy, args.suite) or (wanted and seq.name not in wanted):
-            continue
-        if number % shards != shard - 1:
-            continue
         if args.minutes is not None and time.perf_counter() - start > args.minutes * 60:
             print(f"time budget spent: {seq.name} and later sequences left for another run", file=sys.stderr)
             break
