@@ -462,6 +462,34 @@ def lead_times(runs: list[dict]) -> dict:
     return {"gradual_failures": gradual, "trend_fired_before": fired, "lead_edits": leads}
 
 
+FAIL_SWEEP = (1.05, 1.08, 1.10, 1.15, 1.20, 1.30, 1.50)
+
+
+def fail_ratio_sweep(runs: list[dict]) -> list[dict]:
+    """Agreement and culprit accuracy had `fail_ratio` been X, from the ratios the checks recorded. An
+    early-stopped check measured part of its sample, enough to place it against the study policy's
+    thresholds, so near another X its ratio is an estimate: the sweep guides the default, the runs at
+    that default confirm it."""
+    out = []
+    for threshold in FAIL_SWEEP:
+        def bad(row: dict, x: float = threshold) -> bool:
+            return row["ratio"] is not None and not (row["ratio"] <= x)  # NaN and inf fail
+
+        rows = states(runs)
+        right = sum(bad(row) == row["damaged"] for row in rows)
+        false_fails = sum(bad(row) and not row["damaged"] for row in rows)
+        damaged = [run for run in runs if run["check_every"] == 1 and first_damaged_window(run)]
+        culprits_right = 0
+        for run in damaged:
+            low, high = first_damaged_window(run)
+            first = next((row["position"] for row in run["rows"] if bad(row)), None)
+            culprits_right += first is not None and low <= first <= high
+        out.append({"fail_ratio": threshold, "states": len(rows), "agreement": right / len(rows) if rows else None,
+                    "healthy_states_failed": false_fails, "damaged_sequences": len(damaged),
+                    "culprit_right": culprits_right})
+    return out
+
+
 def sequence_verdicts(runs: list[dict]) -> dict:
     """The gate's verdict on a whole sequence (checks, then the policy's own suite at the final checkpoint)
     against the label of its final state: what the shipped policy buys beyond per-edit perplexity. Runs
@@ -495,7 +523,8 @@ def summary(runs: list[dict], policy: str, suite: str) -> dict:
     return {"policy": policy, "suite": suite, "sequences": len(runs),
             "states": len(states(runs)), "agreement": agreement(runs), "culprit": culprit_accuracy(runs),
             "risk": risk_figures(runs), "risk_sweep": risk_sweep(runs), "lead_time": lead_times(runs),
-            "sequence_verdicts": sequence_verdicts(runs), "paired_stderr": paired_stderrs(runs),
+            "fail_ratio_sweep": fail_ratio_sweep(runs), "sequence_verdicts": sequence_verdicts(runs),
+            "paired_stderr": paired_stderrs(runs),
             "by_kind": by_kind(runs)}
 
 
@@ -557,6 +586,9 @@ def tables(result: dict) -> list[str]:
     out.append(print_table(["whole sequence (final state)", "label damaged", "label healthy"], [
         ["a check fails", *seq["checks_fail"]], ["only the final checkpoint fails", *seq["checkpoint_only_fails"]],
         ["gate passes", *seq["passes"]]]))
+    out.append(print_table(["fail_ratio", "agreement (states)", "healthy states failed", "culprit right"],
+                           [[r["fail_ratio"], r["agreement"], r["healthy_states_failed"],
+                             _share(r["culprit_right"], r["damaged_sequences"])] for r in result["fail_ratio_sweep"]]))
     out.append(print_table(["max_relative_update", "min_key_denominator", "risk recall", "false alarms"],
                            [[r["max_relative_update"], r["min_key_denominator"],
                              _share(r["flagged_of_damaging"], r["damaging_edits"]),
