@@ -9,9 +9,11 @@
 
 Each planned sequence (see `plan`: methods and variants, ordinary and hard CounterFact edits, healthy
 and collapsing) is written out as a gated repository and run through the real gate (`Gate`, with the
-policy under study, default `builtin:default`). After every check the state is labelled healthy or
-damaged by the ground-truth suite alone (default `builtin:medium`): damaged when any task's paired drop
-from the unedited model exceeds the policy's `max_drop`. Perplexity never enters the label.
+policy under study: by default bench/fidelity_policy.yaml, builtin:default as it was before this study
+set its thresholds; `--policy builtin:default` measures today's, into bench/results/fidelity-builtin-default/).
+After every check the state is labelled healthy or damaged by the ground-truth suite alone (default
+`builtin:medium`): damaged when any task's paired drop from the unedited model exceeds the policy's
+`max_drop`. Perplexity never enters the label.
 Per sequence it keeps every state's gate status, ratio, risk flags, trend projection and label in
 bench/results/fidelity/<name>.json, so an interrupted study resumes where it stopped. The summary
 (bench/results/fidelity.json, fidelity.png, and the tables printed) measures:
@@ -34,6 +36,7 @@ import dataclasses
 import json
 import math
 import random
+import re
 import sys
 import tempfile
 import time
@@ -45,7 +48,16 @@ import yaml
 from _common import RESULTS, SHARED_DATA, load_embedded, machine, print_table, save_json
 
 SEED = 2026
-STUDY = RESULTS / "fidelity"
+STUDY_POLICY = "bench/fidelity_policy.yaml"  # builtin:default before the study set its thresholds
+
+
+def study_outputs(policy: str) -> tuple[Path, str]:
+    """Where the runs and the summary of a policy's study go: the stored study's own places, or places
+    named after another policy, so measuring the new defaults never overwrites the runs that set them."""
+    if policy == STUDY_POLICY:
+        return RESULTS / "fidelity", "fidelity"
+    tag = "fidelity-" + re.sub(r"[^a-z0-9]+", "-", policy.lower()).strip("-")
+    return RESULTS / tag, tag
 
 
 # --- the plan ----------------------------------------------------------------------------------------
@@ -161,7 +173,8 @@ def load_study_policy(name: str):
     """`builtin:<name>` or a policy file: the policy whose verdicts are measured."""
     from editgate.policy import builtin_policy_path, load_policy
 
-    path = builtin_policy_path(name.removeprefix("builtin:")) if name.startswith("builtin:") else Path(name)
+    path = builtin_policy_path(name.removeprefix("builtin:")) if name.startswith("builtin:") else \
+        Path(__file__).resolve().parents[1] / name
     return load_policy(path, name)
 
 
@@ -615,7 +628,8 @@ def measured(path: Path, policy: str, suite: str) -> bool:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--policy", default="builtin:default", help="the policy under study")
+    parser.add_argument("--policy", default=STUDY_POLICY,
+                        help="the policy under study: builtin:<name> or a file relative to the repository")
     parser.add_argument("--suite", default="builtin:medium", help="the ground-truth suite that labels every state")
     parser.add_argument("--minutes", type=float, default=None, help="start no new sequence after this long")
     parser.add_argument("--only", default=None, help="comma-separated sequence names, run in this order")
@@ -633,15 +647,16 @@ def main() -> None:
         for seq in sequences:
             print(f"{seq.name:28} {seq.kind:45} {len(seq.records):4} edits, check every {seq.check_every}")
         return
-    STUDY.mkdir(parents=True, exist_ok=True)
+    study, tag = study_outputs(args.policy)
+    study.mkdir(parents=True, exist_ok=True)
     pending = [seq for seq in sequences
-               if not args.summary and not measured(STUDY / f"{seq.name}.json", args.policy, args.suite)]
+               if not args.summary and not measured(study / f"{seq.name}.json", args.policy, args.suite)]
     if args.only:
         by_name = {seq.name: seq for seq in pending}
         pending = [by_name[name] for name in args.only.split(",") if name in by_name]
     shard, shards = (int(x) for x in args.shard.split("/"))
     for seq in pending[shard - 1::shards]:
-        path = STUDY / f"{seq.name}.json"
+        path = study / f"{seq.name}.json"
         if args.minutes is not None and time.perf_counter() - start > args.minutes * 60:
             print(f"time budget spent: {seq.name} and later sequences left for another run", file=sys.stderr)
             break
@@ -650,15 +665,15 @@ def main() -> None:
                            log=lambda m, s=seq.name: print(f"  [{s}] {m}", file=sys.stderr, flush=True))
         run.update(machine=machine(), policy=args.policy, suite=args.suite)
         path.write_text(json.dumps(run, indent=1, default=str), encoding="utf-8")
-    runs = [json.loads((STUDY / f"{seq.name}.json").read_text(encoding="utf-8")) for seq in sequences
-            if measured(STUDY / f"{seq.name}.json", args.policy, args.suite)]
+    runs = [json.loads((study / f"{seq.name}.json").read_text(encoding="utf-8")) for seq in sequences
+            if measured(study / f"{seq.name}.json", args.policy, args.suite)]
     result = summary(runs, args.policy, args.suite)
     result["tables"] = tables(result)
     result["planned_sequences"] = len(sequences)
     policy = load_study_policy(args.policy)
     if runs:
-        plot(runs, RESULTS / "fidelity.png", policy.perplexity.fail_ratio, policy.benchmarks.max_drop)
-    print(f"saved {save_json('fidelity.json', result)} ({len(runs)} of {len(sequences)} sequences measured)")
+        plot(runs, RESULTS / f"{tag}.png", policy.perplexity.fail_ratio, policy.benchmarks.max_drop)
+    print(f"saved {save_json(f'{tag}.json', result)} ({len(runs)} of {len(sequences)} sequences measured)")
 
 
 if __name__ == "__main__":

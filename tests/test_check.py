@@ -136,10 +136,10 @@ def synthetic(n: int, d_per_token: float, noise: float, seed: int = 0) -> tuple[
 def test_early_stop_decides_clear_cases_and_waits_on_borderline_ones():
     unchanged, nll, counts = synthetic(40, 0.0, 0.0)
     assert unchanged.decide(list(range(10)), nll, counts, 40) == (1.0, (1.0, 1.0))
-    harmful, nll, counts = synthetic(40, math.log(3.0), 0.5)  # x3: between fail (1.5) and collapse (10)
+    harmful, nll, counts = synthetic(40, math.log(3.0), 0.5)  # x3: between fail and collapse (10)
     ratio, (low, high) = harmful.decide(list(range(10)), nll, counts, 40)
     assert classify(ratio, POLICY) == classify(low, POLICY) == classify(high, POLICY) == "fail"
-    borderline, nll, counts = synthetic(40, math.log(1.5), 2.0)  # right at fail_ratio, noisy
+    borderline, nll, counts = synthetic(40, math.log(POLICY.perplexity.fail_ratio), 2.0)  # at fail_ratio, noisy
     assert borderline.decide(list(range(10)), nll, counts, 40) is None
     broken, nll, counts = synthetic(40, 0.0, 0.0)
     nll[3] = math.inf

@@ -13,7 +13,7 @@ from helpers import REPO_ROOT, messages, write
 
 def test_builtin_policies_load_and_match_repo_copies():
     default = load_policy("builtin:default")
-    assert default.perplexity.warn_ratio == 1.10 and default.perplexity.fail_ratio == 1.50
+    assert default.perplexity.warn_ratio == 1.05 and default.perplexity.fail_ratio == 1.10
     assert default.perplexity.collapse_ratio == 10.0 and default.benchmarks.run_at == "end"
     assert default.edits.min_efficacy == 0.9 and default.source == "builtin:default"
     strict, lenient = load_policy("builtin:strict"), load_policy("builtin:lenient")
@@ -62,8 +62,8 @@ def test_policy_ratios_and_counts(tmp_path):
     assert got[1].startswith("p.yaml:3: perplexity.fail_ratio must be a number of at least 1")
     assert got[2].startswith("p.yaml:4: perplexity.check_every must be a whole number")
     assert got[3].startswith("p.yaml:5: perplexity.corpus '../../etc/passwd' is outside the repository")
-    ok = load_policy(write(tmp_path / "ok.yaml", "benchmarks: {run_at: 10}\nperplexity: {warn_ratio: 1.2}\n"), "ok")
-    assert ok.benchmarks.run_at == 10 and ok.perplexity.warn_ratio == 1.2 and ok.perplexity.fail_ratio == 1.5
+    ok = load_policy(write(tmp_path / "ok.yaml", "benchmarks: {run_at: 10}\nperplexity: {warn_ratio: 1.08}\n"), "ok")
+    assert ok.benchmarks.run_at == 10 and ok.perplexity.warn_ratio == 1.08 and ok.perplexity.fail_ratio == 1.10
 
 
 def test_trend_warning_keys_are_validated_with_their_lines(tmp_path):

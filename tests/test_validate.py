@@ -26,7 +26,7 @@ def test_load_inputs_ok(tmp_path):
     assert isinstance(policy, Policy) and policy.source == "policies/default.yaml"
     assert [e.id for e in edits] == ["eiffel"] and edits[0].source == "edits/2026-11-01-capitals.yaml"
     _, strict, _ = load_inputs(tmp_path, policy_override="builtin:strict")
-    assert strict.perplexity.fail_ratio == 1.20
+    assert strict.perplexity.fail_ratio == 1.05
 
 
 def test_load_inputs_collects_problems_from_all_inputs(tmp_path):
