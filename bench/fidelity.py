@@ -243,13 +243,12 @@ def wilson_upper(k: int, n: int, z: float) -> float:
     return (p + z2 / (2 * n) + z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))) / (1 + z2 / n)
 
 
-def labelling_gate_class():
+def labelling_gate_class(truth_suite: str):
     """A Gate that labels the state after every check with the ground-truth suite, and neither restores
     nor stores edited states (every state must really be reached and labelled)."""
     from editgate.gate import Gate
 
     class LabellingGate(Gate):
-        truth_suite: str  # the ground-truth suite's spec, set by the caller
         labels: dict[int, dict]
         truth: GroundTruth
 
@@ -258,7 +257,7 @@ def labelling_gate_class():
             suite, which the final checkpoint scores as the gate does."""
             policy = self.policy
             self.policy = dataclasses.replace(policy, benchmarks=dataclasses.replace(policy.benchmarks,
-                                                                                      suite=self.truth_suite))
+                                                                                      suite=truth_suite))
             super().prepare_benchmarks()
             self.truth = GroundTruth(self.suite, self.baseline_benchmarks, policy.benchmarks.max_drop)
             self.label_baseline = {name: r.to_dict() for name, r in self.baseline_benchmarks.items()}
@@ -294,9 +293,7 @@ def run_sequence(seq: Sequence, records: list[dict], policy_name: str, suite: st
         repo = write_repository(seq, records, policy, Path(tmp))
         config, policy_obj, edits = load_inputs(repo)
         start = time.perf_counter()
-        gate_class = labelling_gate_class()
-        gate_class.truth_suite = suite
-        gate = gate_class(config, policy_obj, edits, loaded, log=log)
+        gate = labelling_gate_class(suite)(config, policy_obj, edits, loaded, log=log)
         try:
             result = gate.run()
         finally:
@@ -345,6 +342,10 @@ def risk_signals(info: dict) -> dict:
 
 BAD = ("fail", "collapse")
 OLD_RUNS_MAX_DROP = 0.05  # runs stored before they kept their max_drop were all labelled with builtin:default's
+
+
+def check_failed(run: dict) -> bool:
+    return any(row["status"] in BAD for row in run["rows"])
 
 
 def states(runs: list[dict]) -> list[dict]:
@@ -483,18 +484,18 @@ def fail_ratio_sweep(runs: list[dict]) -> list[dict]:
     early-stopped check measured part of its sample, enough to place it against the study policy's
     thresholds, so near another X its ratio is an estimate: the sweep guides the default, the runs at
     that default confirm it."""
+    rows = states(runs)
+    windows = [(run, first_damaged_window(run)) for run in runs if run["check_every"] == 1]
+    damaged = [(run, window) for run, window in windows if window]
     out = []
     for threshold in FAIL_SWEEP:
         def bad(row: dict, x: float = threshold) -> bool:
             return row["ratio"] is not None and not (row["ratio"] <= x)  # NaN and inf fail
 
-        rows = states(runs)
         right = sum(bad(row) == row["damaged"] for row in rows)
         false_fails = sum(bad(row) and not row["damaged"] for row in rows)
-        damaged = [run for run in runs if run["check_every"] == 1 and first_damaged_window(run)]
         culprits_right = 0
-        for run in damaged:
-            low, high = first_damaged_window(run)
+        for run, (low, high) in damaged:
             first = next((row["position"] for row in run["rows"] if bad(row)), None)
             culprits_right += first is not None and low <= first <= high
         out.append({"fail_ratio": threshold, "states": len(rows), "agreement": right / len(rows) if rows else None,
@@ -513,7 +514,7 @@ def sequence_verdicts(runs: list[dict]) -> dict:
         if "checkpoint" not in run or not labelled:
             continue
         column = 0 if labelled[-1]["damaged"] else 1
-        if any(row["status"] in BAD for row in run["rows"]):
+        if check_failed(run):
             table["checks_fail"][column] += 1
         elif run["checkpoint"] and run["checkpoint"]["failed"]:
             table["checkpoint_only_fails"][column] += 1
@@ -549,7 +550,7 @@ def by_kind(runs: list[dict]) -> list[dict]:
         rows.append({"kind": kind, "sequences": len(chosen), "states": agree["states"],
                      "damaged_states": agree["gate_bad_label_damaged"] + agree["gate_ok_label_damaged"],
                      "agreement": agree["agreement"],
-                     "check_failed_runs": sum(any(row["status"] in BAD for row in run["rows"]) for run in chosen)})
+                     "check_failed_runs": sum(check_failed(run) for run in chosen)})
     return rows
 
 
