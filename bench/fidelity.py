@@ -284,6 +284,7 @@ def labelling_gate_class(truth_suite: str):
 
 def run_sequence(seq: Sequence, records: list[dict], policy_name: str, suite: str, loaded, log) -> dict:
     """Gate the sequence, labelling every checked state; returns the sequence's rows and verdict."""
+    from editgate.gate import risk_signals
     from editgate.validate import load_inputs
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -313,29 +314,23 @@ def run_sequence(seq: Sequence, records: list[dict], policy_name: str, suite: st
                      "edit_seconds": record.edit_seconds, "check_seconds": record.check_seconds})
     return {"name": seq.name, "kind": seq.kind, "method": seq.method, "hparams": seq.hparams,
             "edit_hparams": {str(k): v for k, v in seq.edit_hparams.items()}, "check_every": seq.check_every,
-            "verdict": result.verdict, "reasons": result.reasons, "checkpoint": final_checkpoint(result),
+            "verdict": result.verdict, "reasons": result.reasons,
+            "checkpoint": final_checkpoint(result, policy_obj.benchmarks.within_noise),
             "max_drop": policy_obj.benchmarks.max_drop,
             "culprit": result.culprit.edit.id if result.culprit else None,
             "stopped_early": result.stopped_early, "warnings": result.warnings, "seconds": seconds,
             "baseline_tasks": {k: v["value"] for k, v in gate.label_baseline.items()}, "rows": rows}
 
 
-def final_checkpoint(result) -> dict | None:
+def final_checkpoint(result, within_noise: str) -> dict | None:
     """The policy's own benchmark suite at the end, as the gate judged it (None when the gate stopped
     before its final checkpoint, or the policy runs none)."""
     if not result.checkpoints or not result.checkpoints[-1].benchmarks:
         return None
-    tasks = result.checkpoints[-1].benchmarks
-    return {"failed": any(reason.startswith("benchmark ") for reason in result.reasons),  # noise as the policy says
-            "tasks": {t["task"]: {k: t[k] for k in ("drop", "stderr", "within_noise", "failed")} for t in tasks}}
-
-
-def risk_signals(info: dict) -> dict:
-    """The numbers the gate's risk flags threshold (gate.py `risk`), kept so thresholds can be swept."""
-    norms = info.get("relative_update_norm")
-    largest = max(norms.values()) if isinstance(norms, dict) and norms else norms
-    return {"relative_update_norm": largest if isinstance(largest, float) else None,
-            "key_denominator": info.get("key_denominator_normalised")}
+    last = result.checkpoints[-1]
+    return {"failed": bool(last.failing(within_noise)),
+            "tasks": {t["task"]: {k: t[k] for k in ("drop", "stderr", "within_noise", "failed")}
+                      for t in last.benchmarks}}
 
 
 # --- the figures ------------------------------------------------------------------------------------

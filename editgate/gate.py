@@ -92,6 +92,11 @@ class Checkpoint:
     edit_metrics: dict[str, float | None] = field(default_factory=dict)
     seconds: float = 0.0
 
+    def failing(self, within_noise: str) -> list[dict]:
+        """The task comparisons that fail the verdict: beyond max_drop, and outside the noise unless the
+        policy's `within_noise` says a drop inside it fails too."""
+        return [c for c in self.benchmarks if c["failed"] and (not c["within_noise"] or within_noise == "fail")]
+
 
 @dataclass
 class GateResult:
@@ -375,12 +380,11 @@ class Gate:
     def risk(self, info: dict[str, Any]) -> list[str]:
         """Cheap warning signs of a parametric update, known before any check ("Fall of ROME")."""
         ep, reasons = self.policy.edits, []
-        norms = info.get("relative_update_norm")
-        largest = max(norms.values()) if isinstance(norms, dict) and norms else norms
-        if isinstance(largest, float) and largest > ep.max_relative_update:
+        signals = risk_signals(info)
+        largest, denominator = signals["relative_update_norm"], signals["key_denominator"]
+        if largest is not None and largest > ep.max_relative_update:
             reasons.append(f"update is {largest:.3f} of the weight's norm (> {ep.max_relative_update})")
-        denominator = info.get("key_denominator_normalised")
-        if isinstance(denominator, float) and denominator < ep.min_key_denominator:
+        if denominator is not None and denominator < ep.min_key_denominator:
             reasons.append(f"key denominator / key width is {denominator:.4f} (< {ep.min_key_denominator})")
         return reasons
 
@@ -524,17 +528,28 @@ class Gate:
                           stopped, restored=self.restored)
 
     def _benchmark_verdict(self, reasons: list[str], warnings: list[str]) -> None:
-        fail_on_noise = self.policy.benchmarks.within_noise == "fail"
+        within_noise = self.policy.benchmarks.within_noise
         for point in self.checkpoints:
+            failing = point.failing(within_noise)
             for c in point.benchmarks:
                 if not c["failed"]:
                     continue
                 text = (f"benchmark {c['task']} after {point.edits} edits: {c['metric']} {c['base']:.3f} -> "
                         f"{c['now']:.3f} (drop {c['drop']:.3f} > max_drop {self.policy.benchmarks.max_drop})")
-                if c["within_noise"] and not fail_on_noise:
-                    warnings.append(text + ", within two standard errors of noise")
-                else:
+                if c in failing:
                     reasons.append(text + (", within noise" if c["within_noise"] else ""))
+                else:
+                    warnings.append(text + ", within two standard errors of noise")
+
+
+def risk_signals(info: dict[str, Any]) -> dict[str, float | None]:
+    """The numbers the risk flags threshold, from a method's `info`: the largest relative update norm over
+    the weights it wrote, and the normalised key denominator (ROME); None where the method has none."""
+    norms = info.get("relative_update_norm")
+    largest = max(norms.values()) if isinstance(norms, dict) and norms else norms
+    denominator = info.get("key_denominator_normalised")
+    return {"relative_update_norm": largest if isinstance(largest, float) else None,
+            "key_denominator": denominator if isinstance(denominator, float) else None}
 
 
 def environment(loaded: LoadedModel) -> dict[str, Any]:
