@@ -480,6 +480,7 @@ def fail_ratio_sweep(runs: list[dict]) -> list[dict]:
     thresholds, so near another X its ratio is an estimate: the sweep guides the default, the runs at
     that default confirm it."""
     rows = states(runs)
+    clear = [row for row in rows if label_is_clear(row)]
     windows = [(run, first_damaged_window(run)) for run in runs if run["check_every"] == 1]
     damaged = [(run, window) for run, window in windows if window]
     out = []
@@ -489,12 +490,16 @@ def fail_ratio_sweep(runs: list[dict]) -> list[dict]:
 
         right = sum(bad(row) == row["damaged"] for row in rows)
         false_fails = sum(bad(row) and not row["damaged"] for row in rows)
+        clear_right = sum(bad(row) == row["damaged"] for row in clear)
+        clear_false_fails = sum(bad(row) and not row["damaged"] for row in clear)
         culprits_right = 0
         for run, (low, high) in damaged:
             first = next((row["position"] for row in run["rows"] if bad(row)), None)
             culprits_right += first is not None and low <= first <= high
         out.append({"fail_ratio": threshold, "states": len(rows), "agreement": right / len(rows) if rows else None,
-                    "healthy_states_failed": false_fails, "damaged_sequences": len(damaged),
+                    "healthy_states_failed": false_fails,
+                    "agreement_clear": clear_right / len(clear) if clear else None,
+                    "clearly_healthy_states_failed": clear_false_fails, "damaged_sequences": len(damaged),
                     "culprit_right": culprits_right})
     return out
 
@@ -595,9 +600,11 @@ def tables(result: dict) -> list[str]:
     out.append(print_table(["whole sequence (final state)", "label damaged", "label healthy"], [
         ["a check fails", *seq["checks_fail"]], ["only the final checkpoint fails", *seq["checkpoint_only_fails"]],
         ["gate passes", *seq["passes"]]]))
-    out.append(print_table(["fail_ratio", "agreement (states)", "healthy states failed", "culprit right"],
-                           [[r["fail_ratio"], r["agreement"], r["healthy_states_failed"],
-                             _share(r["culprit_right"], r["damaged_sequences"])] for r in result["fail_ratio_sweep"]]))
+    out.append(print_table(["fail_ratio", "agreement (states)", "healthy states failed", "agreement (clear labels)",
+                            "clearly healthy failed", "culprit right"],
+                           [[r["fail_ratio"], r["agreement"], r["healthy_states_failed"], r["agreement_clear"],
+                             r["clearly_healthy_states_failed"], _share(r["culprit_right"], r["damaged_sequences"])]
+                            for r in result["fail_ratio_sweep"]]))
     out.append(print_table(["max_relative_update", "min_key_denominator", "risk recall", "false alarms"],
                            [[r["max_relative_update"], r["min_key_denominator"],
                              _share(r["flagged_of_damaging"], r["damaging_edits"]),

@@ -11,7 +11,10 @@ from pathlib import Path
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
+from editgate.baseline import BaselineCache
 from editgate.cli import main
+from editgate.manifests import Edit, LocalityCheck
+from editgate.metrics.edit_metrics import EDITS_PER_GROUP, EditScorer
 from helpers import EDITS_A, EDITS_B, gate_policy, write, write_repo
 
 # the extreme edit of NEW_EDITS crosses fail_ratio on the tiny model, the others do not
@@ -178,3 +181,36 @@ def test_a_state_stored_for_another_model_is_refused_and_replayed(tiny_model_dir
     again = gate(other_model, tmp_path / "again")
     assert again["restored"] is None
     assert [measured(e) for e in again["edits"]] == [measured(e) for e in own["edits"]]
+
+
+def scorer_edits(count: int) -> list[Edit]:
+    """`count` distinct edits, each with a paraphrase, a ground truth and a locality prompt."""
+    cities = ["Rome", "Paris", "Berlin", "Madrid", "Vienna", "Athens", "Lisbon", "Dublin", "Oslo", "Prague"]
+    louvre = (LocalityCheck("The Louvre is located in the city of", "Paris"),)
+    return [Edit(f"e{i}", "{} is located in the city of", f"Building {i}", cities[i % 10], cities[(i + 1) % 10],
+                 (f"Where is Building {i}? It is in",), louvre, source="edits/x.yaml", line=i + 1)
+            for i in range(count)]
+
+
+def test_one_more_edit_measures_only_its_own_group_of_unedited_answers(load_tiny, tmp_path):
+    """The unedited model's answers are cached per group of edits: a sequence with one more edit reads the
+    full groups before it and measures the last, and what it reads equals what it would measure."""
+    loaded = load_tiny("llama")
+    model, tokenizer = loaded.model, loaded.tokenizer
+    edits = scorer_edits(EDITS_PER_GROUP + 2)
+    cache = BaselineCache(tmp_path / "cache", loaded.fingerprint)
+    EditScorer(model, tokenizer, edits[:-1], cache=cache)
+    cache.hits.clear()
+    grown = EditScorer(model, tokenizer, edits, cache=cache)
+    assert sorted(cache.hits) == ["edit-answers", "edit-generations", "edit-generations-each"]  # group 1 measured
+    fresh = EditScorer(model, tokenizer, edits)
+    assert grown.base_generated == fresh.base_generated and grown.base_locality_each == fresh.base_locality_each
+    assert all(a.logprobs.equal(b.logprobs) and a.argmax.equal(b.argmax) for a, b in zip(grown.base, fresh.base))
+
+
+def test_scoring_the_first_edits_gives_their_figures_in_the_whole_list(load_tiny):
+    """`score(upto)` scores only the groups it needs, batched as the whole list's, so the figures agree."""
+    loaded = load_tiny("llama")
+    edits = scorer_edits(EDITS_PER_GROUP + 2)
+    scorer = EditScorer(loaded.model, loaded.tokenizer, edits)
+    assert scorer.score(loaded.model, upto=3) == scorer.score(loaded.model)[:3]

@@ -15,6 +15,7 @@ teacher-forced and CounterFact-style as the literature reports.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
+from typing import Callable, Sequence
 
 import torch
 
@@ -31,6 +32,7 @@ DEFINITION = ("efficacy/generalization/locality: greedy generation begins with t
 SCORE_KEYS = ("efficacy", "generalization", "locality", "efficacy_tf", "generalization_tf", "locality_tf",
               "efficacy_cf", "generalization_cf")
 EXTRA_TOKENS = 2  # generated beyond the target's length: enough to see where its word ends
+EDITS_PER_GROUP = 8  # edits whose queries are batched and cached together (about one batch of 2,048 tokens)
 
 
 @dataclass
@@ -95,6 +97,41 @@ def _takes_away(conflict: Conflict, query: _Query) -> bool:
     return query.role == "locality" and conflict.locality == query.item
 
 
+def _groups(edit_of: list[int]) -> list[range]:
+    """Index ranges of consecutive items (in edit order) whose edits share a group of EDITS_PER_GROUP.
+
+    Queries are scored, generated and cached group by group, batched only within a group: a sequence with
+    one more edit leaves the earlier groups' batches, and so their cached unedited answers, as they were."""
+    groups, start = [], 0
+    for i in range(1, len(edit_of) + 1):
+        if i == len(edit_of) or edit_of[i] // EDITS_PER_GROUP != edit_of[start] // EDITS_PER_GROUP:
+            groups.append(range(start, i))
+            start = i
+    return groups
+
+
+def _settings(model, batch_tokens: int) -> dict:
+    """What besides the tokens decides the unedited model's answers: part of every cache key."""
+    parameter = next(model.parameters())
+    return {"batch_tokens": batch_tokens, "dtype": str(parameter.dtype), "device": parameter.device.type}
+
+
+def _cached_by_group(cache, kind: str, groups: list[range], measure: Callable[[range], list],
+                     parts: Callable[[range], dict]) -> list:
+    """`measure(group)` for every group, concatenated; each group read from the baseline cache when it holds
+    the same parts, measured and stored otherwise."""
+    out: list = []
+    for group in groups:
+        key = parts(group)
+        value = cache.get(kind, key) if cache else None
+        if value is None:
+            value = measure(group)
+            if cache:
+                cache.put(kind, key, value)
+        out += value
+    return out
+
+
 class EditScorer:
     """Scores a list of edits; built before editing so locality compares against the unedited model.
 
@@ -116,54 +153,67 @@ class EditScorer:
         encoded = [_encode(tokenizer, q) for q in self.queries]
         self.sequences = [s for s, _ in encoded]
         self.starts = [start for _, start in encoded]
+        self.query_groups = _groups([q.edit for q in self.queries])
         self.base = self._base_scores(model, cache)  # the unedited model: locality compares against it
         self.prompts = [q for q in self.queries if q.role in ("efficacy", "generalization", "locality")]
         self.prompt_ids = [tokenizer(q.context)["input_ids"] for q in self.prompts]
         self.budgets = [len(_answer_ids(tokenizer, q.answer)) if q.role == "locality" else
                         answer_budget(tokenizer, q.answer) for q in self.prompts]
+        self.prompt_groups = _groups([q.edit for q in self.prompts])
         self.base_generated = self._base_generations(model, cache)
         self.locality_of = {i: [p for p, q in enumerate(self.prompts) if q.edit == i and q.role == "locality"]
                             for i in range(len(self.edits))}
-        self.base_locality_each = self._base_generations(model, cache, each=True)
+        self.base_locality_each = self._base_locality_each(model, cache)
 
     def _base_scores(self, model, cache) -> list:
-        """The unedited model's scores, from the baseline cache when the same queries were scored before."""
-        parameter = next(model.parameters())
-        parts = {"sequences": self.sequences, "starts": self.starts, "batch_tokens": self.batch_tokens,
-                 "dtype": str(parameter.dtype), "device": parameter.device.type}
-        cached = cache.get("edit-answers", parts) if cache else None
-        if cached is not None:
-            return [Scored(torch.tensor(c["logprobs"]), torch.tensor(c["argmax"]), torch.tensor(c["targets"]))
-                    for c in cached]
-        scored = self._score(model)
-        if cache:
-            cache.put("edit-answers", parts, [{"logprobs": s.logprobs.tolist(), "argmax": s.argmax.tolist(),
-                                               "targets": s.targets.tolist()} for s in scored])
-        return scored
+        """The unedited model's scores, group by group from the baseline cache where it scored them before."""
+        def measure(group: range) -> list:
+            return [{"logprobs": s.logprobs.tolist(), "argmax": s.argmax.tolist(), "targets": s.targets.tolist()}
+                    for s in self._score_group(model, group)]
 
-    def _base_generations(self, model, cache, each: bool = False) -> list:
-        """The unedited model's greedy continuations of every prompt (cached like the scores); `each`:
-        of every edit's locality prompts, generated edit by edit as `locality_after` generates them."""
-        parameter = next(model.parameters())
-        parts = {"prompts": self.prompt_ids, "budgets": self.budgets, "batch_tokens": self.batch_tokens,
-                 "dtype": str(parameter.dtype), "device": parameter.device.type, "each": each}
-        kind = "edit-generations-each" if each else "edit-generations"
-        cached = cache.get(kind, parts) if cache else None
-        if cached is not None:
-            return cached
-        generated = [self._generate(model, self.locality_of[i]) for i in range(len(self.edits))] if each else \
-            self._generate(model)
-        if cache:
-            cache.put(kind, parts, generated)
-        return generated
+        cached = _cached_by_group(cache, "edit-answers", self.query_groups, measure, lambda g: {
+            "sequences": self.sequences[g.start:g.stop], "starts": self.starts[g.start:g.stop],
+            **_settings(model, self.batch_tokens)})
+        return [Scored(torch.tensor(c["logprobs"]), torch.tensor(c["argmax"]), torch.tensor(c["targets"]))
+                for c in cached]
 
-    def _generate(self, model, which: list[int] | None = None) -> list[list[int]]:
+    def _base_generations(self, model, cache) -> list:
+        """The unedited model's greedy continuations of every prompt (cached like the scores)."""
+        def parts(group: range) -> dict:
+            return {"prompts": self.prompt_ids[group.start:group.stop], "budgets": self.budgets[group.start:group.stop],
+                    **_settings(model, self.batch_tokens)}
+
+        return _cached_by_group(cache, "edit-generations", self.prompt_groups,
+                                lambda group: self._generate(model, group), parts)
+
+    def _base_locality_each(self, model, cache) -> list[list[list[int]]]:
+        """The unedited model's continuations of each edit's locality prompts, generated edit by edit as
+        `locality_after` generates them."""
+        def measure(group: range) -> list:
+            return [self._generate(model, self.locality_of[i]) for i in group]
+
+        def parts(group: range) -> dict:
+            return {"prompts": [[self.prompt_ids[p] for p in self.locality_of[i]] for i in group],
+                    "budgets": [[self.budgets[p] for p in self.locality_of[i]] for i in group],
+                    **_settings(model, self.batch_tokens)}
+
+        return _cached_by_group(cache, "edit-generations-each", _groups(list(range(len(self.edits)))), measure, parts)
+
+    def _generate(self, model, which: Sequence[int] | None = None) -> list[list[int]]:
         """Greedy continuations of the prompts `which` (indices into `self.prompts`; all by default)."""
         which = range(len(self.prompts)) if which is None else which
         if not which:
             return []
         return greedy_continuations(model, self.tokenizer, [self.prompt_ids[p] for p in which],
                                     [self.budgets[p] for p in which], self.batch_tokens)
+
+    def _generate_upto(self, model, edits: int) -> list[list[int] | None]:
+        """The continuations of the first `edits` edits' prompts, group by group as the baseline's were."""
+        out: list[list[int] | None] = [None] * len(self.prompts)
+        for group in self.prompt_groups:
+            if self.prompts[group.start].edit < edits:
+                out[group.start:group.stop] = self._generate(model, group)
+        return out
 
     def _changed(self, query: _Query, applied: int) -> list[int]:
         """The applied edits (among the first `applied`) that change this query's answer on purpose."""
@@ -196,21 +246,29 @@ class EditScorer:
                 filled.append(LocalityCheck(check.prompt, greedy_next_word(model, self.tokenizer, check.prompt)))
         return replace(edit, locality=tuple(filled))
 
-    def _score(self, model):
-        return score_sequences(model, self.sequences, self.starts, self.batch_tokens,
-                               self.tokenizer.pad_token_id or 0)
+    def _score_group(self, model, group: range) -> list[Scored]:
+        return score_sequences(model, self.sequences[group.start:group.stop], self.starts[group.start:group.stop],
+                               self.batch_tokens, self.tokenizer.pad_token_id or 0)
+
+    def _score_upto(self, model, edits: int) -> list[Scored | None]:
+        """The scores of the first `edits` edits' queries, group by group as the baseline's were."""
+        out: list[Scored | None] = [None] * len(self.queries)
+        for group in self.query_groups:
+            if self.queries[group.start].edit < edits:
+                out[group.start:group.stop] = self._score_group(model, group)
+        return out
 
     def score(self, model, upto: int | None = None) -> list[EditScores]:
         """Scores for the first `upto` edits (all by default) on the model as it is now."""
         n = len(self.edits) if upto is None else upto
-        # always score and generate every query with the same batching as the baseline, so locality
-        # compares like with like even in bf16, where batch composition nudges the logits
+        # score and generate in the baseline's groups and batches, so locality compares like with like even
+        # in bf16, where batch composition nudges the logits
         per_edit: dict[int, dict[str, list]] = {i: {} for i in range(n)}
-        for i, (q, s) in enumerate(zip(self.queries, self._score(model))):
+        for i, (q, s) in enumerate(zip(self.queries, self._score_upto(model, n))):
             if q.edit < n and not self._changed(q, n):
                 per_edit[q.edit].setdefault(q.role, []).append((i, s))
         said: dict[int, dict[str, list]] = {i: {} for i in range(n)}
-        for i, (q, tokens) in enumerate(zip(self.prompts, self._generate(model))):
+        for i, (q, tokens) in enumerate(zip(self.prompts, self._generate_upto(model, n))):
             if q.edit < n and not self._changed(q, n):
                 said[q.edit].setdefault(q.role, []).append((i, q, tokens))
         return [self._summarise(per_edit[i], said[i], self._left_out(i, n)) for i in range(n)]
