@@ -32,7 +32,7 @@ class BaselineCache:
         self.root = Path(cache_dir) / "baselines" / fingerprint
         self.enabled = enabled
         self.log = log  # where a damaged entry is reported (once) before it is measured again
-        self.hits: list[str] = []  # kinds served from the cache in this run, for the report
+        self.hits: list[str] = []  # kinds served from the cache in this run (each once), for the report
 
     def _path(self, kind: str, parts: Any) -> Path:
         return self.root / f"{kind}-{digest(parts)}.json"
@@ -45,7 +45,8 @@ class BaselineCache:
         value = cachefile.read_json(self._path(kind, parts), self.log)
         if value is None or (usable is not None and not usable(value)):
             return None
-        self.hits.append(kind)
+        if kind not in self.hits:
+            self.hits.append(kind)
         return value
 
     def put(self, kind: str, parts: Any, value: Any) -> None:

@@ -202,7 +202,9 @@ def test_one_more_edit_measures_only_its_own_group_of_unedited_answers(load_tiny
     EditScorer(model, tokenizer, edits[:-1], cache=cache)
     cache.hits.clear()
     grown = EditScorer(model, tokenizer, edits, cache=cache)
-    assert sorted(cache.hits) == ["edit-answers", "edit-generations", "edit-generations-each"]  # group 1 measured
+    assert sorted(cache.hits) == ["edit-answers", "edit-generations", "edit-generations-each"]
+    # one entry per kind for the first group, shared; one for the last group of each list
+    assert len(list(cache.root.glob("edit-answers-*.json"))) == 3
     fresh = EditScorer(model, tokenizer, edits)
     assert grown.base_generated == fresh.base_generated and grown.base_locality_each == fresh.base_locality_each
     assert all(a.logprobs.equal(b.logprobs) and a.argmax.equal(b.argmax) for a, b in zip(grown.base, fresh.base))
