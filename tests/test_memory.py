@@ -123,7 +123,7 @@ def test_edit_prompt_routes_and_moves_the_target(load_tiny, tokenizer, tmp_path,
     assert applied.info["threshold_source"] in ("calibrated", "default")
     route = method.memory.route([EIFFEL.text])[0]
     assert route.entry == 0 and route.similarity == pytest.approx(1.0, abs=1e-5)
-    after = scorer._score(applied.model)
+    after = scorer._score_upto(applied.model, 1)
     efficacy = scorer.queries.index(next(q for q in scorer.queries if q.role == "efficacy"))
     # a random tiny model barely reads its context; the counterfactual path must still have been used
     assert not torch.equal(after[efficacy].logprobs, before[efficacy].logprobs)
