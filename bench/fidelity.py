@@ -41,7 +41,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -471,6 +471,12 @@ def lead_times(runs: list[dict]) -> dict:
     return {"gradual_failures": gradual, "trend_fired_before": fired, "lead_edits": leads}
 
 
+def judged(rows: list[dict], bad: Callable[[dict], bool]) -> tuple[int, int]:
+    """(states judged right, healthy states failed) had the gate failed exactly the states `bad` picks."""
+    return (sum(bad(row) == row["damaged"] for row in rows),
+            sum(bad(row) and not row["damaged"] for row in rows))
+
+
 FAIL_SWEEP = (1.05, 1.08, 1.10, 1.15, 1.20, 1.30, 1.50)
 
 
@@ -488,10 +494,8 @@ def fail_ratio_sweep(runs: list[dict]) -> list[dict]:
         def bad(row: dict, x: float = threshold) -> bool:
             return row["ratio"] is not None and not (row["ratio"] <= x)  # NaN and inf fail
 
-        right = sum(bad(row) == row["damaged"] for row in rows)
-        false_fails = sum(bad(row) and not row["damaged"] for row in rows)
-        clear_right = sum(bad(row) == row["damaged"] for row in clear)
-        clear_false_fails = sum(bad(row) and not row["damaged"] for row in clear)
+        right, false_fails = judged(rows, bad)
+        clear_right, clear_false_fails = judged(clear, bad)
         culprits_right = 0
         for run, (low, high) in damaged:
             first = next((row["position"] for row in run["rows"] if bad(row)), None)

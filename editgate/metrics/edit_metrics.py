@@ -132,6 +132,15 @@ def _cached_by_group(cache, kind: str, groups: list[range], measure: Callable[[r
     return out
 
 
+def _groups_upto(groups: list[range], edit_of: list[int], edits: int, measure: Callable[[range], list]) -> list:
+    """`measure(group)` for the groups holding the first `edits` edits, in place; None for the rest."""
+    out: list = [None] * len(edit_of)
+    for group in groups:
+        if edit_of[group.start] < edits:
+            out[group.start:group.stop] = measure(group)
+    return out
+
+
 class EditScorer:
     """Scores a list of edits; built before editing so locality compares against the unedited model.
 
@@ -199,21 +208,12 @@ class EditScorer:
 
         return _cached_by_group(cache, "edit-generations-each", _groups(list(range(len(self.edits)))), measure, parts)
 
-    def _generate(self, model, which: Sequence[int] | None = None) -> list[list[int]]:
-        """Greedy continuations of the prompts `which` (indices into `self.prompts`; all by default)."""
-        which = range(len(self.prompts)) if which is None else which
+    def _generate(self, model, which: Sequence[int]) -> list[list[int]]:
+        """Greedy continuations of the prompts `which` (indices into `self.prompts`)."""
         if not which:
             return []
         return greedy_continuations(model, self.tokenizer, [self.prompt_ids[p] for p in which],
                                     [self.budgets[p] for p in which], self.batch_tokens)
-
-    def _generate_upto(self, model, edits: int) -> list[list[int] | None]:
-        """The continuations of the first `edits` edits' prompts, group by group as the baseline's were."""
-        out: list[list[int] | None] = [None] * len(self.prompts)
-        for group in self.prompt_groups:
-            if self.prompts[group.start].edit < edits:
-                out[group.start:group.stop] = self._generate(model, group)
-        return out
 
     def _changed(self, query: _Query, applied: int) -> list[int]:
         """The applied edits (among the first `applied`) that change this query's answer on purpose."""
@@ -252,11 +252,13 @@ class EditScorer:
 
     def _score_upto(self, model, edits: int) -> list[Scored | None]:
         """The scores of the first `edits` edits' queries, group by group as the baseline's were."""
-        out: list[Scored | None] = [None] * len(self.queries)
-        for group in self.query_groups:
-            if self.queries[group.start].edit < edits:
-                out[group.start:group.stop] = self._score_group(model, group)
-        return out
+        return _groups_upto(self.query_groups, [q.edit for q in self.queries], edits,
+                            lambda group: self._score_group(model, group))
+
+    def _generate_upto(self, model, edits: int) -> list[list[int] | None]:
+        """The continuations of the first `edits` edits' prompts, group by group as the baseline's were."""
+        return _groups_upto(self.prompt_groups, [q.edit for q in self.prompts], edits,
+                            lambda group: self._generate(model, group))
 
     def score(self, model, upto: int | None = None) -> list[EditScores]:
         """Scores for the first `upto` edits (all by default) on the model as it is now."""
