@@ -11,6 +11,9 @@ Each planned sequence (see `plan`: methods and variants, ordinary and hard Count
 and collapsing) is written out as a gated repository and run through the real gate (`Gate`, with the
 policy under study: by default bench/fidelity_policy.yaml, builtin:default as it was before this study
 set its thresholds; `--policy builtin:default` measures today's, into bench/results/fidelity-builtin-default/).
+`--policy builtin:cpu --labels-from` labels nothing: it checks the study's states with another policy (the
+policy's own suite skipped) and takes each state's label from the study's stored run of it, so a cheaper
+check's verdicts are compared on the same states, and with the study's ratios judged at its bands.
 After every check the state is labelled healthy or damaged by the ground-truth suite alone (default
 `builtin:medium`): damaged when any task's paired drop from the unedited model exceeds the policy's
 `max_drop`. Perplexity never enters the label.
@@ -282,8 +285,27 @@ def labelling_gate_class(truth_suite: str):
     return LabellingGate
 
 
-def run_sequence(seq: Sequence, records: list[dict], policy_name: str, suite: str, loaded, log) -> dict:
-    """Gate the sequence, labelling every checked state; returns the sequence's rows and verdict."""
+def replaying_gate_class():
+    """A Gate that reaches every state like the labelling one (nothing restored or stored) and labels
+    none: another policy's checks on the study's states, whose labels the study already has."""
+    from editgate.gate import Gate
+
+    class ReplayingGate(Gate):
+        labels: dict[int, dict] = {}
+        label_baseline: dict = {}
+
+        def restore(self, units, keys, scorer) -> int:
+            return 0
+
+        def store_state(self, units, keys) -> None:
+            return None
+
+    return ReplayingGate
+
+
+def run_sequence(seq: Sequence, records: list[dict], policy_name: str, suite: str | None, loaded, log) -> dict:
+    """Gate the sequence, labelling every checked state with `suite` (None: label none, and skip the
+    policy's own suite too); returns the sequence's rows and verdict."""
     from editgate.gate import risk_signals
     from editgate.validate import load_inputs
 
@@ -291,10 +313,13 @@ def run_sequence(seq: Sequence, records: list[dict], policy_name: str, suite: st
         policy = study_policy(policy_name)
         if seq.check_every != 1:
             policy["perplexity"]["check_every"] = seq.check_every
+        if suite is None:
+            policy["benchmarks"]["suite"] = "none"
         repo = write_repository(seq, records, policy, Path(tmp))
         config, policy_obj, edits = load_inputs(repo)
         start = time.perf_counter()
-        gate = labelling_gate_class(suite)(config, policy_obj, edits, loaded, log=log)
+        gate_class = labelling_gate_class(suite) if suite else replaying_gate_class()
+        gate = gate_class(config, policy_obj, edits, loaded, log=log)
         try:
             result = gate.run()
         finally:
@@ -331,6 +356,20 @@ def final_checkpoint(result, within_noise: str) -> dict | None:
     return {"failed": bool(last.failing(within_noise)),
             "tasks": {t["task"]: {k: t[k] for k in ("drop", "stderr", "within_noise", "failed")}
                       for t in last.benchmarks}}
+
+
+def with_study_labels(run: dict, study: dict) -> dict:
+    """A replayed run with the study's labels of the same states (same edits, in the same order, from the
+    same unedited model: the labels depend on the state, not on the policy that checked it)."""
+    by_position = {row["position"]: row for row in study["rows"]}
+    for row in run["rows"]:
+        labelled = by_position.get(row["position"])
+        if labelled is None or labelled["id"] != row["id"]:
+            raise SystemExit(f"{run['name']}: edit {row['position']} is {row['id']} here but not in the study")
+        row.update(damaged=labelled["damaged"], tasks=labelled["tasks"], label_seconds=None, label_parts=None,
+                   study_ratio=labelled["ratio"])
+    run.pop("checkpoint", None)  # the replay skips the policy's own suite: no whole-sequence verdict
+    return run
 
 
 # --- the figures ------------------------------------------------------------------------------------
@@ -537,8 +576,30 @@ def paired_stderrs(runs: list[dict]) -> dict:
     return {task: {"median": sorted(v)[len(v) // 2], "max": max(v), "states": len(v)} for task, v in by_task.items()}
 
 
+def status_agreement(runs: list[dict], policy) -> dict | None:
+    """A replay's statuses against the study's ratios judged at the same policy's bands, over the labelled
+    states: how often a smaller check sample reaches the default sample's verdict (None: not a replay)."""
+    from editgate.gate import classify
+
+    rows = [row for row in states(runs) if "study_ratio" in row and row["ratio"] is not None]
+    if not rows:
+        return None
+    same_status, same_verdict, differ = 0, 0, []
+    for row in rows:
+        reference = classify(row["study_ratio"], policy)
+        same_status += reference == row["status"]
+        if (reference in BAD) == (row["status"] in BAD):
+            same_verdict += 1
+        else:
+            differ.append({"sequence": row["sequence"], "position": row["position"], "status": row["status"],
+                           "ratio": row["ratio"], "reference": reference, "study_ratio": row["study_ratio"],
+                           "damaged": row["damaged"]})
+    return {"states": len(rows), "same_status": same_status, "same_verdict": same_verdict, "differ": differ}
+
+
 def summary(runs: list[dict], policy: str, suite: str) -> dict:
     return {"policy": policy, "suite": suite, "sequences": len(runs),
+            "against_study": status_agreement(runs, load_study_policy(policy)),
             "states": len(states(runs)), "agreement": agreement(runs), "culprit": culprit_accuracy(runs),
             "risk": risk_figures(runs), "risk_sweep": risk_sweep(runs), "lead_time": lead_times(runs),
             "fail_ratio_sweep": fail_ratio_sweep(runs), "sequence_verdicts": sequence_verdicts(runs),
@@ -597,6 +658,15 @@ def tables(result: dict) -> list[str]:
         ["risk false alarms (flagged, harmless)", _share(risk["flagged_harmless"], risk["flagged"]), "<= 0.20"],
         ["trend warning before the failure", _share(lead["trend_fired_before"], lead["gradual_failures"]), "most"],
     ]))
+    if result.get("against_study"):
+        ref = result["against_study"]
+        out.append(print_table(["against the study's ratios at these bands", "states", "same status",
+                                "same verdict (fail/collapse or not)"],
+                               [["", ref["states"], ref["same_status"], ref["same_verdict"]]]))
+        out.append(print_table(["sequence", "edit", "status here", "ratio here", "study's status", "study's ratio",
+                                "label"],
+                               [[d["sequence"], d["position"] + 1, d["status"], d["ratio"], d["reference"],
+                                 d["study_ratio"], "damaged" if d["damaged"] else "healthy"] for d in ref["differ"]]))
     out.append(print_table(["kind", "sequences", "states", "damaged states", "agreement", "check failed"],
                            [[r["kind"], r["sequences"], r["states"], r["damaged_states"], r["agreement"],
                              r["check_failed_runs"]] for r in result["by_kind"]]))
@@ -643,6 +713,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--shard", default="1/1", help="i/n: run every n-th planned sequence from the i-th "
                                                        "(one process per core, each pinned with taskset)")
+    parser.add_argument("--labels-from", action="store_true",
+                        help="label nothing: check the study's states with --policy and take their labels from "
+                             "the study's stored runs (a cheaper check's verdicts on the same states)")
     parser.add_argument("--summary", action="store_true", help="only recompute the summary from stored runs")
     parser.add_argument("--list", action="store_true", help="print the plan and exit")
     args = parser.parse_args()
@@ -656,8 +729,13 @@ def main() -> None:
         return
     study, tag = study_outputs(args.policy)
     study.mkdir(parents=True, exist_ok=True)
+    labelled = RESULTS / "fidelity"
+    if args.labels_from:
+        args.suite = f"labels of {labelled.relative_to(RESULTS.parent.parent)}"
     pending = [seq for seq in sequences
                if not args.summary and not measured(study / f"{seq.name}.json", args.policy, args.suite)]
+    if args.labels_from:
+        pending = [seq for seq in pending if (labelled / f"{seq.name}.json").is_file()]
     if args.only:
         by_name = {seq.name: seq for seq in pending}
         pending = [by_name[name] for name in args.only.split(",") if name in by_name]
@@ -668,8 +746,12 @@ def main() -> None:
             print(f"time budget spent: {seq.name} and later sequences left for another run", file=sys.stderr)
             break
         print(f"== {seq.name}: {seq.kind}, {len(seq.records)} edits", file=sys.stderr, flush=True)
-        run = run_sequence(seq, records, args.policy, args.suite, loaded,
-                           log=lambda m, s=seq.name: print(f"  [{s}] {m}", file=sys.stderr, flush=True))
+        log = lambda m, s=seq.name: print(f"  [{s}] {m}", file=sys.stderr, flush=True)  # noqa: E731
+        if args.labels_from:
+            run = run_sequence(seq, records, args.policy, None, loaded, log)
+            run = with_study_labels(run, json.loads((labelled / f"{seq.name}.json").read_text(encoding="utf-8")))
+        else:
+            run = run_sequence(seq, records, args.policy, args.suite, loaded, log)
         run.update(machine=machine(), policy=args.policy, suite=args.suite)
         path.write_text(json.dumps(run, indent=1, default=str), encoding="utf-8")
     runs = [json.loads((study / f"{seq.name}.json").read_text(encoding="utf-8")) for seq in sequences

@@ -2,11 +2,13 @@
 
     python bench/gate.py                     # 50 ROME edits, a check after every edit, both variants
     python bench/gate.py --edits 10 --variants fast --samples 200 --max-tokens 256
+    python bench/gate.py --variants fast --policy builtin:cpu --out gate-cpu-policy.json
 
 Writes a gate repository under a temporary directory (the embedded model, the first N records of
 ../shared/data/counterfact-2k.json as one manifest, a check after every edit on the demo's sample of
 40 builtin:wiki texts of up to 128 tokens unless --samples/--max-tokens say otherwise, no benchmark
-suite) and runs `editgate run` on it in a subprocess per variant:
+suite; or, with --policy builtin:NAME, that packaged policy as it is: its sample, benchmark suite and edit
+minimums) and runs `editgate run` on it in a subprocess per variant:
   - fast: the defaults (prefix cache and early stopping on);
   - full: `prefix_cache: false`, `early_stop: false` (every check scores the whole sample, whole model).
 Both use the warm cache (model, statistics, baseline), as a CI runner does after its first run.
@@ -23,6 +25,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import yaml
 
 from _common import SHARED_DATA, machine, print_table, save_json
 
@@ -43,21 +47,31 @@ edits:
 """
 
 
-def write_repo(root: Path, edits: int, fast: bool, samples: int, max_tokens: int) -> Path:
+def policy_text(fast: bool, samples: int, max_tokens: int, builtin: str | None) -> str:
+    """The bench's own policy, or a packaged one with the check's savings switched to `fast`."""
+    if builtin is None:
+        return POLICY.format(fast=str(fast).lower(), samples=samples, max_tokens=max_tokens)
+    from editgate.policy import builtin_policy_path
+
+    policy = yaml.safe_load(builtin_policy_path(builtin.removeprefix("builtin:")).read_text(encoding="utf-8"))
+    policy["perplexity"].update(early_stop=fast, prefix_cache=fast)
+    return yaml.safe_dump(policy, sort_keys=False)
+
+
+def write_repo(root: Path, edits: int, policy: str) -> Path:
     records = json.loads((SHARED_DATA / "counterfact-2k.json").read_text(encoding="utf-8"))[:edits]
     (root / "edits").mkdir(parents=True)
     (root / "policies").mkdir()
     (root / "edits" / "counterfact.json").write_text(json.dumps(records, indent=1), encoding="utf-8")
-    policy = POLICY.format(fast=str(fast).lower(), samples=samples, max_tokens=max_tokens)
     (root / "policies" / "default.yaml").write_text(policy, encoding="utf-8")
     (root / "editgate.yaml").write_text("model: builtin:smollm2-135m\nmethod: rome\nmanifests: edits/*.json\n"
                                         "policy: policies/default.yaml\n", encoding="utf-8")
     return root
 
 
-def run_variant(name: str, edits: int, samples: int, max_tokens: int) -> dict:
+def run_variant(name: str, edits: int, policy: str) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
-        repo = write_repo(Path(tmp) / "repo", edits, name == "fast", samples, max_tokens)
+        repo = write_repo(Path(tmp) / "repo", edits, policy)
         out = Path(tmp) / "report"
         # warm the cache as a CI runner's earlier runs would (model, statistics, baseline): not timed
         subprocess.run([sys.executable, "-m", "editgate", "baseline", "--repo", str(repo), "--quiet"], check=True)
@@ -84,13 +98,15 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=["fast", "full"], choices=["fast", "full"])
     parser.add_argument("--samples", type=int, default=40, help="check texts (the demo's 40; the default policy's 200)")
     parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--policy", default=None, help="builtin:NAME: gate with that packaged policy as it is")
     parser.add_argument("--out", default="gate.json")
     args = parser.parse_args()
     env = machine()
     results = []
     for name in args.variants:
         print(f"{name}: {args.edits} edits ...", file=sys.stderr)
-        results.append(run_variant(name, args.edits, args.samples, args.max_tokens))
+        policy = policy_text(name == "fast", args.samples, args.max_tokens, args.policy)
+        results.append(run_variant(name, args.edits, policy))
     rows = [[r["variant"], r["verdict"], r["wall_seconds"] / 60, r["edit_seconds"] / r["checks"],
              r["check_seconds"] / r["checks"], f"{r['stopped_early']}/{r['checks']}",
              f"{r['texts_scored']}/{r['texts_total']}", ",".join(map(str, r["from_layer"]))] for r in results]
@@ -99,7 +115,8 @@ def main() -> None:
     agree = len({tuple(r["statuses"]) for r in results}) == 1
     print(f"statuses agree across variants: {agree}")
     path = save_json(args.out, {"command": "python bench/gate.py " + " ".join(sys.argv[1:]), "machine": env,
-                                "edits": args.edits, "samples": args.samples, "max_tokens": args.max_tokens,
+                                "edits": args.edits, "policy": args.policy or "the bench's",
+                                "samples": args.samples, "max_tokens": args.max_tokens,
                                 "results": results, "statuses_agree": agree, "table": table})
     print(f"saved {path}")
 

@@ -122,7 +122,7 @@ def validate(paths: tuple[Path, ...], lm_eval_include: Path | None) -> None:
 @main.command()
 @click.option("--repo", type=click.Path(path_type=Path, file_okay=False), default=Path("."), show_default=True,
               help="The repository with editgate.yaml, manifests and policies.")
-@click.option("--policy", help="A policy file, or builtin:default|strict|lenient (overrides editgate.yaml).")
+@click.option("--policy", help="A policy file, or builtin:default|cpu|strict|lenient (overrides editgate.yaml).")
 @click.option("--model", help="Model to edit (overrides editgate.yaml): builtin:NAME, a directory, an id or a .gguf.")
 @click.option("--device", help="cpu, cuda, cuda:N, multi or auto (overrides editgate.yaml).")
 @click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), help="Overrides editgate.yaml.")
@@ -204,7 +204,7 @@ def _echo_outcome(document: dict, paths: list[Path]) -> None:
 
 @main.command()
 @click.option("--repo", type=click.Path(path_type=Path, file_okay=False), default=Path("."), show_default=True)
-@click.option("--policy", help="A policy file, or builtin:default|strict|lenient (overrides editgate.yaml).")
+@click.option("--policy", help="A policy file, or builtin:default|cpu|strict|lenient (overrides editgate.yaml).")
 @click.option("--model", help="Model (overrides editgate.yaml).")
 @click.option("--device", help="cpu, cuda, cuda:N, multi or auto (overrides editgate.yaml).")
 @click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]))

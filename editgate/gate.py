@@ -35,11 +35,21 @@ from editgate.metrics.edit_metrics import DEFINITION, SCORE_KEYS, EditScorer, Ed
 from editgate.metrics.perplexity import PerplexityResult, PerplexitySample, perplexity
 from editgate.metrics.scoring import MAX_PADDING
 from editgate.models import LoadedModel
-from editgate.policy import Policy
+from editgate.policy import Policy, load_policy
 from editgate.session import STATS_CORPUS, EditSession
 from editgate.statecache import StateCache, StoredState, chain
 from editgate.trend import assess, standard_error
 from editgate.metrics.benchmarks import TaskResult, compare, load_suite
+
+CPU_SAMPLE_TOKENS = 20_000  # a check sample above this is GPU-sized: the log suggests builtin:cpu on a CPU
+
+
+def cpu_sample_hint(scored_tokens: int) -> str:
+    """What a CPU run of a GPU-sized check sample costs, and the builtin policy sized for a CPU."""
+    cpu = load_policy("builtin:cpu").perplexity
+    return (f"this check sample is sized for a GPU: on a CPU a check that must score all {scored_tokens:,} tokens "
+            f"takes minutes; policy builtin:cpu keeps the default's thresholds on {cpu.samples} texts of up to "
+            f"{cpu.max_tokens} tokens (README: \"A policy for the CPU\")")
 
 PASS, WARN, FAIL, COLLAPSE = "pass", "warn", "fail", "collapse"
 
@@ -233,6 +243,8 @@ class Gate:
         """The unedited model's figures, measured or read from the cache: what every run compares to."""
         sample = self.check_sample()
         self.log(f"perplexity sample: {len(sample.token_ids)} texts, {sample.scored_tokens} tokens")
+        if self.loaded.device.type == "cpu" and sample.scored_tokens > CPU_SAMPLE_TOKENS:
+            self.log(cpu_sample_hint(sample.scored_tokens))
         baseline = self.baseline = self.measure_baseline(sample)
         self.timings["baseline_perplexity"] = baseline.seconds
         self.log(f"baseline perplexity {baseline.token_perplexity:.3f} "

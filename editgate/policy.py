@@ -1,6 +1,6 @@
 """The gate's policy: what counts as a healthy model after editing, and when the gate fails.
 
-A policy is YAML in the user's repository (or one of the packaged `builtin:default|strict|lenient`).
+A policy is YAML in the user's repository (or one of the packaged `builtin:default|cpu|strict|lenient`).
 Every key is optional; validation reports every problem with its line, so a typo in a threshold can
 never silently fall back to a default.
 """
@@ -17,7 +17,7 @@ from editgate.errors import InputError, Problem
 from editgate.limits import MAX_BATCH_TOKENS, MAX_SEED, MAX_TEXTS, MAX_TOKENS
 from editgate.yamlio import LineDict, describe, line_of, load_yaml, quote_hint, unknown_key
 
-BUILTIN_POLICIES = ("default", "strict", "lenient")
+BUILTIN_POLICIES = ("default", "cpu", "strict", "lenient")
 _PACKAGED = Path(__file__).resolve().parent / "policies"
 
 

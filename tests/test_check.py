@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from editgate.corpora import sample_texts
-from editgate.gate import classify
+from editgate.gate import CPU_SAMPLE_TOKENS, classify
 from editgate.metrics.check import PerplexityCheck
 from editgate.metrics.perplexity import CHUNKS, PerplexityResult, PerplexitySample, perplexity
 from editgate.metrics.prefix import PrefixCache, lowest_written_layer
@@ -174,3 +174,19 @@ def test_early_stop_and_prefix_cache_keep_the_verdict(tiny_repo, tmp_path):
     assert [e["ratio"] for e in on["edits"][:2]] == [1.0, 1.0]  # the cached path is bit-exact
     assert not any(e["check"]["stopped_early"] or e["check"]["from_layer"] for e in off["edits"])
     assert on["edits"][2]["check"]["from_layer"] >= 1
+
+
+def test_a_gpu_sized_check_sample_on_the_cpu_names_the_cpu_policy(tiny_repo, monkeypatch):
+    """The log says when a check sample is GPU-sized on a CPU run, and only then."""
+    import editgate.gate
+    from editgate.run import run_gate
+
+    repo = tiny_repo(policy=gate_policy(samples=8, max_tokens=32))
+    logs = {}
+    for limit in (CPU_SAMPLE_TOKENS, 100):  # 8 texts of up to 32 tokens: under the first, over the second
+        monkeypatch.setattr(editgate.gate, "CPU_SAMPLE_TOKENS", limit)
+        lines: list[str] = []
+        run_gate(repo, log=lines.append)
+        logs[limit] = [line for line in lines if "builtin:cpu" in line]
+    assert logs[CPU_SAMPLE_TOKENS] == []
+    assert len(logs[100]) == 1 and "sized for a GPU" in logs[100][0] and "80 texts of up to 128 tokens" in logs[100][0]

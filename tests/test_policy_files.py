@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from editgate.errors import InputError
+from editgate.gate import CPU_SAMPLE_TOKENS
 from editgate.policy import BUILTIN_POLICIES, builtin_policy_path, load_policy
 
 from helpers import REPO_ROOT, messages, write
@@ -22,6 +23,13 @@ def test_builtin_policies_load_and_match_repo_copies():
     for name in BUILTIN_POLICIES:
         copy = REPO_ROOT / "policies" / f"{name}.yaml"
         assert copy.read_text() == builtin_policy_path(name).read_text()
+    cpu = load_policy("builtin:cpu")
+    assert (cpu.perplexity.warn_ratio, cpu.perplexity.fail_ratio, cpu.perplexity.collapse_ratio, cpu.benchmarks,
+            cpu.edits) == (default.perplexity.warn_ratio, default.perplexity.fail_ratio,
+                           default.perplexity.collapse_ratio, default.benchmarks, default.edits)
+    # the CPU policy's check sample is under the size the gate calls GPU-sized on a CPU; the default's is over
+    assert cpu.perplexity.samples * cpu.perplexity.max_tokens <= CPU_SAMPLE_TOKENS
+    assert default.perplexity.samples * default.perplexity.max_tokens > CPU_SAMPLE_TOKENS
     with pytest.raises(InputError, match="unknown builtin policy 'strct' \\(did you mean 'strict'\\?\\)"):
         load_policy("builtin:strct")
 

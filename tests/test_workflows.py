@@ -19,8 +19,8 @@ def test_init_then_validate_then_run(tmp_path, tiny_model_dir):
     assert result.exit_code == 0, result.output
     manifests = list((target / "edits").glob("*-example.yaml"))
     assert len(manifests) == 1 and re.fullmatch(r"\d{4}-\d\d-\d\d-example\.yaml", manifests[0].name)
-    for relative in ("editgate.yaml", "policies/default.yaml", "policies/strict.yaml", "policies/lenient.yaml",
-                     ".github/workflows/editgate.yml"):
+    for relative in ("editgate.yaml", "policies/default.yaml", "policies/cpu.yaml", "policies/strict.yaml",
+                     "policies/lenient.yaml", ".github/workflows/editgate.yml"):
         assert (target / relative).is_file(), relative
     assert (target / ".github/workflows/editgate.yml").read_bytes() == \
         (REPO_ROOT / ".github/workflows/editgate.yml").read_bytes()
