@@ -584,17 +584,20 @@ def status_agreement(runs: list[dict], policy) -> dict | None:
     rows = [row for row in states(runs) if "study_ratio" in row and row["ratio"] is not None]
     if not rows:
         return None
-    same_status, same_verdict, differ = 0, 0, []
+    same_status, same_verdict, right, study_right, differ = 0, 0, 0, 0, []
     for row in rows:
         reference = classify(row["study_ratio"], policy)
         same_status += reference == row["status"]
+        right += (row["status"] in BAD) == row["damaged"]
+        study_right += (reference in BAD) == row["damaged"]
         if (reference in BAD) == (row["status"] in BAD):
             same_verdict += 1
         else:
             differ.append({"sequence": row["sequence"], "position": row["position"], "status": row["status"],
                            "ratio": row["ratio"], "reference": reference, "study_ratio": row["study_ratio"],
                            "damaged": row["damaged"]})
-    return {"states": len(rows), "same_status": same_status, "same_verdict": same_verdict, "differ": differ}
+    return {"states": len(rows), "same_status": same_status, "same_verdict": same_verdict,
+            "agreement": right / len(rows), "study_agreement": study_right / len(rows), "differ": differ}
 
 
 def summary(runs: list[dict], policy: str, suite: str) -> dict:
@@ -660,9 +663,10 @@ def tables(result: dict) -> list[str]:
     ]))
     if result.get("against_study"):
         ref = result["against_study"]
-        out.append(print_table(["against the study's ratios at these bands", "states", "same status",
-                                "same verdict (fail/collapse or not)"],
-                               [["", ref["states"], ref["same_status"], ref["same_verdict"]]]))
+        out.append(print_table(["states", "same status as the study's ratio at these bands", "same verdict",
+                                "agreement with the labels", "the study's ratios' agreement"],
+                               [[ref["states"], ref["same_status"], ref["same_verdict"], ref["agreement"],
+                                 ref["study_agreement"]]]))
         out.append(print_table(["sequence", "edit", "status here", "ratio here", "study's status", "study's ratio",
                                 "label"],
                                [[d["sequence"], d["position"] + 1, d["status"], d["ratio"], d["reference"],
@@ -671,9 +675,10 @@ def tables(result: dict) -> list[str]:
                            [[r["kind"], r["sequences"], r["states"], r["damaged_states"], r["agreement"],
                              r["check_failed_runs"]] for r in result["by_kind"]]))
     seq = result["sequence_verdicts"]
-    out.append(print_table(["whole sequence (final state)", "label damaged", "label healthy"], [
-        ["a check fails", *seq["checks_fail"]], ["only the final checkpoint fails", *seq["checkpoint_only_fails"]],
-        ["gate passes", *seq["passes"]]]))
+    if any(sum(counts) for counts in seq.values()):  # replays skip the final checkpoint
+        out.append(print_table(["whole sequence (final state)", "label damaged", "label healthy"], [
+            ["a check fails", *seq["checks_fail"]], ["only the final checkpoint fails", *seq["checkpoint_only_fails"]],
+            ["gate passes", *seq["passes"]]]))
     out.append(print_table(["fail_ratio", "agreement (states)", "healthy states failed", "agreement (clear labels)",
                             "clearly healthy failed", "culprit right"],
                            [[r["fail_ratio"], r["agreement"], r["healthy_states_failed"], r["agreement_clear"],

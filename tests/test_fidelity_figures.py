@@ -80,3 +80,21 @@ def test_a_sequence_verdict_counts_the_final_checkpoint_only_where_the_checks_pa
     missed = run("missed", None, [row(0, "pass", 1.02, True, CLEAR_DAMAGED)], checkpoint=None)
     table = fidelity.sequence_verdicts([caught_at_the_end, missed, dict(SUDDEN, checkpoint=None), GRADUAL])
     assert table == {"checks_fail": [1, 0], "checkpoint_only_fails": [1, 0], "passes": [1, 0]}
+
+
+def test_a_replay_takes_the_study_labels_and_is_compared_with_the_study_ratios_at_its_bands():
+    """`--labels-from`: a smaller sample's checks of the study's states, against the study's ratios judged
+    at the replayed policy's bands (builtin:cpu: warn 1.05, fail 1.10)."""
+    replay = run("gradual", "e1", [row(0, "pass", 1.01, None, None), row(1, "fail", 1.12, None, None),
+                                   row(2, "fail", 1.70, None, None)], checkpoint=None)
+    replay = fidelity.with_study_labels(replay, GRADUAL)
+    assert [r["damaged"] for r in replay["rows"]] == [False, True, True] and "checkpoint" not in replay
+    figures = fidelity.status_agreement([replay], fidelity.load_study_policy("builtin:cpu"))
+    # the study's 1.09 is a warn at these bands where the replay's 1.12 fails: one verdict differs, and the
+    # replay is the one that agrees with the label (damaged)
+    assert (figures["states"], figures["same_status"], figures["same_verdict"]) == (3, 2, 2)
+    assert figures["agreement"] == 1.0 and figures["study_agreement"] == pytest.approx(2 / 3)
+    assert [(d["position"], d["status"], d["reference"]) for d in figures["differ"]] == [(1, "fail", "warn")]
+    with pytest.raises(SystemExit, match="edit 0 is other here"):
+        fidelity.with_study_labels(run("gradual", None, [dict(row(0, "pass", 1.0, None, None), id="other")]),
+                                   GRADUAL)
