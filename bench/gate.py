@@ -84,6 +84,7 @@ def run_variant(name: str, edits: int, policy: str) -> dict:
         raise SystemExit(f"{name}: editgate run exited {proc.returncode}: {proc.stdout[-2000:]}")
     checks = [e["check"] for e in doc["edits"] if e.get("check")]
     return {"variant": name, "exit_code": proc.returncode, "wall_seconds": wall, "verdict": doc["verdict"],
+            "reasons": doc.get("reasons", []),
             "statuses": [e["status"] for e in doc["edits"]], "ratios": [e["ratio"] for e in doc["edits"]],
             "edit_seconds": sum(e["seconds"]["edit"] for e in doc["edits"]),
             "check_seconds": sum(e["seconds"]["check"] for e in doc["edits"]), "checks": len(checks),
