@@ -218,19 +218,21 @@ def test_the_trend_warning_fires_before_the_fail_and_never_fails_the_gate(tiny_r
 
 
 def test_a_healthy_sequence_does_not_warn(tiny_repo, tmp_path):
-    """Sixteen mild ROME edits (one optimisation step): ratios wandering between x0.98 and x1.01. Assessed
-    from the twelfth check on, never accelerating, no warning."""
+    """Sixteen mild ROME edits (one optimisation step at a small rate): ratios wandering within a few percent
+    of x1. Assessed from the twelfth check on, never accelerating, no warning. The briefly trained tiny model
+    differs between CPUs, and so do its keys: at rate 1.0 two of these edits moved perplexity x1.06 and
+    x1.72 on one machine and stayed within x0.98 to x1.01 on another; at 0.03 they stay within x0.99 to x1.04."""
     rome = textwrap.dedent("""\
           - id: r{i:02d}
             prompt: "{{}} is located in the city of"
             subject: {subject}
             target: {city}
-            hparams: {{v_steps: 1, v_lr: 1.0}}
+            hparams: {{v_steps: 1, v_lr: 0.03}}
         """)
     manifest = "edits:\n" + "".join(rome.format(i=i, subject=LANDMARKS[i], city=CITIES[i % len(CITIES)])
                                     for i in range(16))
     code, doc = gate(trend_repo(tiny_repo, "healthy", manifest), tmp_path / "healthy")
-    assert code == 0 and doc["verdict"] == "passed"
+    assert code == 0 and doc["verdict"] == "passed", [round(e["ratio"], 3) for e in doc["edits"]]
     assessed = [e["trend"] for e in doc["edits"] if e["trend"] is not None]
     assert len(assessed) == 5 and not any(t["fired"] or t["accelerating"] for t in assessed)
     assert not any(w.startswith("perplexity trend") for w in doc["warnings"])
