@@ -246,12 +246,31 @@ def wilson_upper(k: int, n: int, z: float) -> float:
     return (p + z2 / (2 * n) + z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))) / (1 + z2 / n)
 
 
+def replaying_gate_class():
+    """A Gate that reaches every state like the labelling one (nothing restored or stored) and labels
+    none: another policy's checks on the study's states, whose labels the study already has."""
+    from editgate.gate import Gate
+
+    class ReplayingGate(Gate):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.labels: dict[int, dict] = {}
+            self.label_baseline: dict = {}
+
+        def restore(self, units, keys, scorer) -> int:
+            return 0
+
+        def store_state(self, units, keys) -> None:
+            return None
+
+    return ReplayingGate
+
+
 def labelling_gate_class(truth_suite: str):
     """A Gate that labels the state after every check with the ground-truth suite, and neither restores
     nor stores edited states (every state must really be reached and labelled)."""
-    from editgate.gate import Gate
 
-    class LabellingGate(Gate):
+    class LabellingGate(replaying_gate_class()):
         labels: dict[int, dict]
         truth: GroundTruth
 
@@ -268,12 +287,6 @@ def labelling_gate_class(truth_suite: str):
             self.policy, self.suite, self.baseline_benchmarks = policy, None, {}
             super().prepare_benchmarks()
 
-        def restore(self, units, keys, scorer) -> int:
-            return 0
-
-        def store_state(self, units, keys) -> None:
-            return None
-
         def check(self, unit: list[int]) -> str:
             status = super().check(unit)
             label = self.labels[unit[-1]] = self.truth.label(self.model)
@@ -283,24 +296,6 @@ def labelling_gate_class(truth_suite: str):
             return status
 
     return LabellingGate
-
-
-def replaying_gate_class():
-    """A Gate that reaches every state like the labelling one (nothing restored or stored) and labels
-    none: another policy's checks on the study's states, whose labels the study already has."""
-    from editgate.gate import Gate
-
-    class ReplayingGate(Gate):
-        labels: dict[int, dict] = {}
-        label_baseline: dict = {}
-
-        def restore(self, units, keys, scorer) -> int:
-            return 0
-
-        def store_state(self, units, keys) -> None:
-            return None
-
-    return ReplayingGate
 
 
 def run_sequence(seq: Sequence, records: list[dict], policy_name: str, suite: str | None, loaded, log) -> dict:
