@@ -729,7 +729,7 @@ def main() -> None:
         return
     study, tag = study_outputs(args.policy)
     study.mkdir(parents=True, exist_ok=True)
-    labelled = RESULTS / "fidelity"
+    labelled, _ = study_outputs(STUDY_POLICY)
     if args.labels_from:
         args.suite = f"labels of {labelled.relative_to(RESULTS.parent.parent)}"
     pending = [seq for seq in sequences
@@ -747,11 +747,9 @@ def main() -> None:
             break
         print(f"== {seq.name}: {seq.kind}, {len(seq.records)} edits", file=sys.stderr, flush=True)
         log = lambda m, s=seq.name: print(f"  [{s}] {m}", file=sys.stderr, flush=True)  # noqa: E731
+        run = run_sequence(seq, records, args.policy, None if args.labels_from else args.suite, loaded, log)
         if args.labels_from:
-            run = run_sequence(seq, records, args.policy, None, loaded, log)
             run = with_study_labels(run, json.loads((labelled / f"{seq.name}.json").read_text(encoding="utf-8")))
-        else:
-            run = run_sequence(seq, records, args.policy, args.suite, loaded, log)
         run.update(machine=machine(), policy=args.policy, suite=args.suite)
         path.write_text(json.dumps(run, indent=1, default=str), encoding="utf-8")
     runs = [json.loads((study / f"{seq.name}.json").read_text(encoding="utf-8")) for seq in sequences

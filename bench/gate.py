@@ -117,7 +117,9 @@ def main() -> None:
     print(f"statuses agree across variants: {agree}")
     path = save_json(args.out, {"command": "python bench/gate.py " + " ".join(sys.argv[1:]), "machine": env,
                                 "edits": args.edits, "policy": args.policy or "the bench's",
-                                "samples": args.samples, "max_tokens": args.max_tokens,
+                                # the bench's own sample; a packaged policy brings its own
+                                "samples": None if args.policy else args.samples,
+                                "max_tokens": None if args.policy else args.max_tokens,
                                 "results": results, "statuses_agree": agree, "table": table})
     print(f"saved {path}")
 

@@ -20,9 +20,12 @@ import click
 import editgate
 from editgate.errors import InputError, RunError
 from editgate.interrupt import Interrupted, interruptible
+from editgate.policy import BUILTIN_POLICIES
 from editgate.run import (EXIT_INTERRUPTED, EXIT_INVALID, EXIT_RUN_FAILED, RunOptions, interrupted_document,
                           measure_baseline, quiet_libraries, run_gate)
 from editgate.safetext import printable_line, printable_lines
+
+POLICY_HELP = f"A policy file, or builtin:{'|'.join(BUILTIN_POLICIES)} (overrides editgate.yaml)."
 
 
 def echo(message: str, err: bool = False) -> None:
@@ -122,7 +125,7 @@ def validate(paths: tuple[Path, ...], lm_eval_include: Path | None) -> None:
 @main.command()
 @click.option("--repo", type=click.Path(path_type=Path, file_okay=False), default=Path("."), show_default=True,
               help="The repository with editgate.yaml, manifests and policies.")
-@click.option("--policy", help="A policy file, or builtin:default|cpu|strict|lenient (overrides editgate.yaml).")
+@click.option("--policy", help=POLICY_HELP)
 @click.option("--model", help="Model to edit (overrides editgate.yaml): builtin:NAME, a directory, an id or a .gguf.")
 @click.option("--device", help="cpu, cuda, cuda:N, multi or auto (overrides editgate.yaml).")
 @click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), help="Overrides editgate.yaml.")
@@ -204,7 +207,7 @@ def _echo_outcome(document: dict, paths: list[Path]) -> None:
 
 @main.command()
 @click.option("--repo", type=click.Path(path_type=Path, file_okay=False), default=Path("."), show_default=True)
-@click.option("--policy", help="A policy file, or builtin:default|cpu|strict|lenient (overrides editgate.yaml).")
+@click.option("--policy", help=POLICY_HELP)
 @click.option("--model", help="Model (overrides editgate.yaml).")
 @click.option("--device", help="cpu, cuda, cuda:N, multi or auto (overrides editgate.yaml).")
 @click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]))
