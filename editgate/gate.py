@@ -33,7 +33,7 @@ from editgate.methods import AppliedEdit
 from editgate.metrics.check import CheckResult, PerplexityCheck
 from editgate.metrics.edit_metrics import DEFINITION, SCORE_KEYS, EditScorer, EditScores, mean_of
 from editgate.metrics.perplexity import PerplexityResult, PerplexitySample, perplexity
-from editgate.metrics.scoring import MAX_PADDING
+from editgate.metrics.scoring import MAX_PADDING, SCORING_VERSION
 from editgate.models import LoadedModel
 from editgate.policy import Policy, load_policy
 from editgate.session import STATS_CORPUS, EditSession
@@ -288,7 +288,7 @@ class Gate:
             "dtype": str(parameter.dtype), "devices": sorted({str(p.device) for p in self.loaded.model.parameters()}),
             "threads": torch.get_num_threads(), "seed": self.config.seed, "stats": STATS_CORPUS,
             "policy": dataclasses.asdict(self.policy), "check_sample": digest(sample.token_ids),
-            "suite": self.suite.fingerprint() if self.suite is not None else None,
+            "suite": self.suite.fingerprint() if self.suite is not None else None, "scoring": SCORING_VERSION,
         })
 
     def unit_key(self, unit: list[int]) -> list[Any]:

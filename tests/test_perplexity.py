@@ -16,7 +16,7 @@ from editgate.metrics.edit_metrics import EditScorer
 from editgate.answers import begins_with_answer
 from editgate.metrics.generation import greedy_continuations
 from editgate.metrics.perplexity import PerplexitySample, perplexity
-from editgate.metrics.scoring import MAX_PADDING, batches_by_length
+from editgate.metrics.scoring import MAX_PADDING, batches_by_length, model_forward, score_sequences
 
 from helpers import shared_file
 
@@ -83,6 +83,59 @@ def test_perplexity_reports_nan_and_inf_instead_of_raising(load_tiny):
         loaded.model.lm_head.weight.fill_(float("nan"))
     result = perplexity(loaded.model, sample)
     assert math.isnan(result.token_perplexity) and not result.finite
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "qwen2", "gpt_neox"])
+def test_scoring_only_the_answers_runs_the_head_on_their_positions_and_gives_the_full_passs_figures(arch, load_tiny):
+    """Sequences scored from late positions (benchmark docs, edit queries): each batch's logits cover
+    only its rows' scored positions, and every log-probability, argmax and one-token alternative is what
+    the full pass over every position gives."""
+    loaded = load_tiny(arch, layers=2)
+    tok = loaded.tokenizer
+    sequences = [tok(t)["input_ids"] for t in mixed_length_texts() if len(tok(t)["input_ids"]) >= 3]
+    starts = [len(s) - 1 - (i % 3) for i, s in enumerate(sequences)]  # the last 1-3 tokens of each
+    alternatives = [[5, 6, 7] if i % 2 else None for i in range(len(sequences))]
+    widths: list[tuple[int, int]] = []  # (batch width, logit positions computed)
+
+    def recorded(batch):
+        logits = model_forward(loaded.model)(batch)
+        widths.append((batch.ids.shape[1], logits.shape[1]))
+        return logits
+
+    def full(batch):
+        return loaded.model(input_ids=batch.ids, attention_mask=batch.mask).logits
+
+    trimmed = score_sequences(loaded.model, sequences, starts, 300, tok.pad_token_id, recorded, alternatives)
+    reference = score_sequences(loaded.model, sequences, starts, 300, tok.pad_token_id, full, alternatives)
+    assert len(widths) > 2 and all(kept < width for width, kept in widths)  # every batch ran a part of the head
+    for a, b in zip(trimmed, reference):
+        assert torch.allclose(a.logprobs, b.logprobs, atol=1e-5)
+        assert torch.equal(a.argmax, b.argmax) and torch.equal(a.targets, b.targets)
+        assert (a.alternatives is None) == (b.alternatives is None)
+        if a.alternatives is not None:
+            assert torch.allclose(a.alternatives, b.alternatives, atol=1e-5)
+
+
+def test_a_model_whose_forward_does_not_take_logits_to_keep_is_scored_on_every_position(load_tiny):
+    """A wrapper that post-processes logits by position (the memory method's) does not declare
+    `logits_to_keep`: it is called without it and gets every position, and the scores are the same."""
+    loaded = load_tiny("llama", layers=2)
+
+    class Wrapper(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.inner = model
+
+        def forward(self, input_ids, attention_mask=None, **kwargs):
+            assert "logits_to_keep" not in kwargs
+            return self.inner(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+
+    sequences = [loaded.tokenizer(t)["input_ids"] for t in mixed_length_texts()[:4]]
+    starts = [max(1, len(s) - 2) for s in sequences]
+    wrapped = score_sequences(Wrapper(loaded.model), sequences, starts, pad_id=loaded.tokenizer.pad_token_id)
+    direct = score_sequences(loaded.model, sequences, starts, pad_id=loaded.tokenizer.pad_token_id)
+    for a, b in zip(wrapped, direct):
+        assert torch.allclose(a.logprobs, b.logprobs, atol=1e-5) and torch.equal(a.argmax, b.argmax)
 
 
 @pytest.mark.slow

@@ -23,7 +23,7 @@ from editgate.manifests import Edit, LocalityCheck
 from editgate.answers import begins_with_answer
 from editgate.conflicts import SAME_FACT, Conflict, overwritten
 from editgate.metrics.generation import greedy_continuations
-from editgate.metrics.scoring import Scored, score_sequences
+from editgate.metrics.scoring import SCORING_VERSION, Scored, score_sequences
 
 DEFINITION = ("efficacy/generalization/locality: greedy generation begins with the target (locality: the "
               "unedited model's generated answer kept) at the end of the run, leaving out prompts another edit "
@@ -113,7 +113,8 @@ def _groups(edit_of: list[int]) -> list[range]:
 def _settings(model, batch_tokens: int) -> dict:
     """What besides the tokens decides the unedited model's answers: part of every cache key."""
     parameter = next(model.parameters())
-    return {"batch_tokens": batch_tokens, "dtype": str(parameter.dtype), "device": parameter.device.type}
+    return {"batch_tokens": batch_tokens, "dtype": str(parameter.dtype), "device": parameter.device.type,
+            "scoring": SCORING_VERSION}
 
 
 def _cached_by_group(cache, kind: str, groups: list[range], measure: Callable[[range], list],

@@ -4,10 +4,16 @@ One mechanism serves perplexity (score every token after the first) and edit met
 answer after its prompt). Sequences are sorted by length and packed into batches of about
 `batch_tokens` padded tokens, padded on the right: a causal model's real tokens never attend to
 right padding, so every sequence scores as if it were alone, and no positions shift.
+
+The output head runs only where a batch has something to score: from the earliest scored position of
+any of its rows to the end (transformers' `logits_to_keep`, where the model's forward takes it). The
+head of a model with a large vocabulary is a fifth of its compute per token (SmolLM2-135M: 28M of 135M
+multiply-adds), and a benchmark doc or an edit query scores only its last few tokens.
 """
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Callable
 
@@ -22,10 +28,28 @@ class Batch:
     ids: torch.Tensor
     mask: torch.Tensor
     host_ids: torch.Tensor
+    logits_from: int = 0  # the first position whose logits are needed
 
 
-# computes the logits of a padded batch; the default is the model's own forward pass
+# computes the logits of a padded batch: of every position, or only from `batch.logits_from` on (the
+# caller tells which by the width it gets back); the default is the model's own forward pass
 Forward = Callable[[Batch], torch.Tensor]
+
+
+def model_forward(model: torch.nn.Module) -> Forward:
+    """The model's own forward pass, computing logits only at the positions the batch asks for when the
+    model's forward can (a wrapper that post-processes logits by position does not declare it)."""
+    trims = "logits_to_keep" in inspect.signature(model.forward).parameters
+
+    def forward(batch: Batch) -> torch.Tensor:
+        extra = {}
+        if trims and batch.logits_from > 0:
+            # positions as an index, not a count: transformers slices the hidden states for a count, and a
+            # strided slice sends the head through a batched matmul slower than the full one
+            extra["logits_to_keep"] = torch.arange(batch.logits_from, batch.ids.shape[1], device=batch.ids.device)
+        return model(input_ids=batch.ids, attention_mask=batch.mask, **extra).logits
+
+    return forward
 
 
 @dataclass
@@ -42,6 +66,12 @@ class Scored:
         """Whether each token is the model's argmax at its position (teacher-forced accuracy)."""
         return self.argmax == self.targets
 
+
+# part of the cache key of every cached score (baselines, stored states): a figure scored by another
+# path may differ in the last bits, and compared doc by doc that can flip a near tie.
+# 2: the output head runs only from the first scored position of a batch; generation batches have no
+# padding bound (metrics/generation.py)
+SCORING_VERSION = 2
 
 MAX_PADDING = 0.1  # a batch closes before padding would exceed this share of it
 
@@ -93,16 +123,16 @@ def score_sequences(model: torch.nn.Module, sequences: list[list[int]], score_fr
     returned too (`Scored.alternatives`): one forward pass scores every one-token choice of a
     multiple-choice doc."""
     device = next(model.parameters()).device
-    forward = forward or (lambda batch: model(input_ids=batch.ids, attention_mask=batch.mask).logits)
+    forward = forward or model_forward(model)
     results: list[Scored | None] = [None] * len(sequences)
     for batch in batches_by_length([len(s) for s in sequences], batch_tokens):
         ids, mask = pad_right([sequences[i] for i in batch], pad_id)
+        spans = [(score_from[i] - 1, len(sequences[i]) - 1) for i in batch]
         with torch.inference_mode():
             on_device = ids.to(device)
-            logits = forward(Batch(on_device, mask.to(device), ids))
-            spans = [(score_from[i] - 1, len(sequences[i]) - 1) for i in batch]
+            logits = forward(Batch(on_device, mask.to(device), ids, logits_from=min(s for s, _ in spans)))
             alts = [alternatives[i] if alternatives else None for i in batch]
-            logprobs, argmax = _score_spans(logits, on_device, spans, alts)
+            logprobs, argmax = _score_spans(logits, on_device, spans, alts, offset=ids.shape[1] - logits.shape[1])
         for row, (i, (start, end)) in enumerate(zip(batch, spans)):
             width = end - start
             extra = logprobs[row][width:] if alts[row] else None
@@ -111,13 +141,14 @@ def score_sequences(model: torch.nn.Module, sequences: list[list[int]], score_fr
 
 
 def _score_spans(logits: torch.Tensor, ids: torch.Tensor, spans: list[tuple[int, int]],
-                 alternatives: list[list[int] | None]):
+                 alternatives: list[list[int] | None], offset: int = 0):
     """Log-probabilities (float32 whatever the model's dtype, so bf16 runs compare fairly) and argmax
     of each row's span of positions, each row's alternatives' log-probabilities appended to its span's,
-    moved to the CPU in one transfer per batch: no host synchronisation per sequence on a GPU."""
+    moved to the CPU in one transfer per batch: no host synchronisation per sequence on a GPU.
+    `offset`: the position of `logits`' first column (the positions before it were not computed)."""
     logprobs, argmax = [], []
     for row, (start, end) in enumerate(spans):
-        span = logits[row, start:end].float()
+        span = logits[row, start - offset:end - offset].float()
         logprobs.append(-F.cross_entropy(span, ids[row, start + 1 : end + 1], reduction="none"))
         if alternatives[row]:
             wanted = torch.tensor(alternatives[row], dtype=torch.long).to(span.device)

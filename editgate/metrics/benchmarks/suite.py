@@ -16,6 +16,7 @@ from editgate.metrics.benchmarks.lm_eval import LmEvalTasks
 from editgate.metrics.benchmarks.results import TaskResult
 from editgate.metrics.benchmarks.sources import PACKAGED_TASKS, TaskDef, Where, inside, shown_path
 from editgate.metrics.benchmarks.tasks import FORMAT_VERSION, Task, prepare
+from editgate.metrics.scoring import SCORING_VERSION
 from editgate.yamlio import describe, load_yaml, unknown_key
 
 if TYPE_CHECKING:
@@ -54,7 +55,7 @@ class Suite:
     def fingerprint(self) -> str:
         """A digest of everything that decides the figures (tasks, token ids, gold answers; for lm-eval its
         version and the bytes of the runner's task files and their data), for keying cached baselines."""
-        h = hashlib.sha256(f"editgate-benchmarks-v{FORMAT_VERSION}".encode())
+        h = hashlib.sha256(f"editgate-benchmarks-v{FORMAT_VERSION}-scoring-v{SCORING_VERSION}".encode())
         if self.lm_eval is not None:
             h.update(json.dumps([self.spec, self.lm_eval.digest]).encode())
         for task in self.tasks:
