@@ -33,7 +33,8 @@ from editgate.methods import AppliedEdit
 from editgate.metrics.check import CheckResult, PerplexityCheck
 from editgate.metrics.edit_metrics import DEFINITION, SCORE_KEYS, EditScorer, EditScores, mean_of
 from editgate.metrics.perplexity import PerplexityResult, PerplexitySample, perplexity
-from editgate.metrics.scoring import MAX_PADDING, SCORING_VERSION
+from editgate.metrics import SCORING_VERSION
+from editgate.metrics.scoring import MAX_PADDING
 from editgate.models import LoadedModel
 from editgate.policy import Policy, load_policy
 from editgate.session import STATS_CORPUS, EditSession

@@ -23,7 +23,8 @@ from editgate.manifests import Edit, LocalityCheck
 from editgate.answers import begins_with_answer
 from editgate.conflicts import SAME_FACT, Conflict, overwritten
 from editgate.metrics.generation import greedy_continuations
-from editgate.metrics.scoring import SCORING_VERSION, Scored, score_sequences
+from editgate.metrics import SCORING_VERSION
+from editgate.metrics.scoring import Scored, score_sequences
 
 DEFINITION = ("efficacy/generalization/locality: greedy generation begins with the target (locality: the "
               "unedited model's generated answer kept) at the end of the run, leaving out prompts another edit "

@@ -26,7 +26,7 @@ def greedy_continuations(model: torch.nn.Module, tokenizer, prompts: list[list[i
     out: list[list[int]] = [[] for _ in prompts]
     lengths = [len(p) + n for p, n in zip(prompts, new_tokens)]
     # no padding bound: a decoding step costs about as much for a few rows as for many (the weights are
-    # read once per step), so fewer, wider batches win (README: "Incremental runs")
+    # read once per step), so fewer, wider batches win (README: "What a checkpoint costs")
     for batch in batches_by_length(lengths, batch_tokens, max_padding=None):
         width = max(len(prompts[i]) for i in batch)
         ids = torch.full((len(batch), width), pad, dtype=torch.long)

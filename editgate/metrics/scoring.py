@@ -45,8 +45,10 @@ def model_forward(model: torch.nn.Module) -> Forward:
         extra = {}
         if trims and batch.logits_from > 0:
             # positions as an index, not a count: transformers slices the hidden states for a count, and a
-            # strided slice sends the head through a batched matmul slower than the full one
-            extra["logits_to_keep"] = torch.arange(batch.logits_from, batch.ids.shape[1], device=batch.ids.device)
+            # strided slice sends the head through a batched matmul slower than the full one. The index
+            # stays on the CPU: the head may sit on another GPU than the ids, and a device tensor takes
+            # a CPU index from any device
+            extra["logits_to_keep"] = torch.arange(batch.logits_from, batch.ids.shape[1])
         return model(input_ids=batch.ids, attention_mask=batch.mask, **extra).logits
 
     return forward
@@ -66,12 +68,6 @@ class Scored:
         """Whether each token is the model's argmax at its position (teacher-forced accuracy)."""
         return self.argmax == self.targets
 
-
-# part of the cache key of every cached score (baselines, stored states): a figure scored by another
-# path may differ in the last bits, and compared doc by doc that can flip a near tie.
-# 2: the output head runs only from the first scored position of a batch; generation batches have no
-# padding bound (metrics/generation.py)
-SCORING_VERSION = 2
 
 MAX_PADDING = 0.1  # a batch closes before padding would exceed this share of it
 

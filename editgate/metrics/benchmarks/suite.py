@@ -16,7 +16,7 @@ from editgate.metrics.benchmarks.lm_eval import LmEvalTasks
 from editgate.metrics.benchmarks.results import TaskResult
 from editgate.metrics.benchmarks.sources import PACKAGED_TASKS, TaskDef, Where, inside, shown_path
 from editgate.metrics.benchmarks.tasks import FORMAT_VERSION, Task, prepare
-from editgate.metrics.scoring import SCORING_VERSION
+from editgate.metrics import SCORING_VERSION
 from editgate.yamlio import describe, load_yaml, unknown_key
 
 if TYPE_CHECKING:
