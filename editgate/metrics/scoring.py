@@ -38,17 +38,18 @@ Forward = Callable[[Batch], torch.Tensor]
 
 def model_forward(model: torch.nn.Module) -> Forward:
     """The model's own forward pass, computing logits only at the positions the batch asks for when the
-    model's forward can (a wrapper that post-processes logits by position does not declare it)."""
-    trims = "logits_to_keep" in inspect.signature(model.forward).parameters
+    model's forward can (a wrapper that post-processes logits by position does not declare it) and the
+    model sits on one device (split over several, accelerate moves the positions to the first device and
+    the last block's states stay on the last: such a model is scored on every position)."""
+    trims = ("logits_to_keep" in inspect.signature(model.forward).parameters
+             and len({p.device for p in model.parameters()}) == 1)
 
     def forward(batch: Batch) -> torch.Tensor:
         extra = {}
         if trims and batch.logits_from > 0:
             # positions as an index, not a count: transformers slices the hidden states for a count, and a
-            # strided slice sends the head through a batched matmul slower than the full one. The index
-            # stays on the CPU: the head may sit on another GPU than the ids, and a device tensor takes
-            # a CPU index from any device
-            extra["logits_to_keep"] = torch.arange(batch.logits_from, batch.ids.shape[1])
+            # strided slice sends the head through a batched matmul slower than the full one
+            extra["logits_to_keep"] = torch.arange(batch.logits_from, batch.ids.shape[1], device=batch.ids.device)
         return model(input_ids=batch.ids, attention_mask=batch.mask, **extra).logits
 
     return forward
