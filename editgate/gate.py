@@ -33,6 +33,7 @@ from editgate.methods import AppliedEdit
 from editgate.metrics.check import CheckResult, PerplexityCheck
 from editgate.metrics.edit_metrics import DEFINITION, SCORE_KEYS, EditScorer, EditScores, mean_of
 from editgate.metrics.perplexity import PerplexityResult, PerplexitySample, perplexity
+from editgate.metrics.prefix import PrefixForwards, PrefixStore
 from editgate.metrics import SCORING_VERSION
 from editgate.metrics.scoring import MAX_PADDING
 from editgate.models import LoadedModel
@@ -163,6 +164,10 @@ class Gate:
         self.conflicts = find_conflicts(edits)  # prompts some edit changes on purpose (conflicts.py)
         self.use_cache = use_cache
         self.states: StateCache | None = None  # set by prepare(): the run key needs the check sample
+        # unedited states below the edited block, for checks and checkpoints alike (metrics/prefix.py)
+        self.prefix_store = PrefixStore(config.cache_path(), loaded.fingerprint, self.arithmetic(),
+                                        read=use_cache, log=log)
+        self.checkpoint_prefixes = PrefixForwards(policy.perplexity.prefix_cache, self.prefix_store, log)
         self.restored: dict[str, Any] | None = None
 
     # -- pieces -------------------------------------------------------------------------------
@@ -251,7 +256,7 @@ class Gate:
         self.log(f"baseline perplexity {baseline.token_perplexity:.3f} "
                  + ("(cached)" if "perplexity" in self.cache.hits else f"({baseline.seconds:.1f}s)"))
         self.checker = PerplexityCheck(sample, baseline, self.policy.perplexity, lambda r: classify(r, self.policy),
-                                       self.log)
+                                       self.log, self.prefix_store)
         self.prepare_benchmarks()
         scorer = EditScorer(self.loaded.model, self.loaded.tokenizer, self.edits,
                             self.policy.perplexity.batch_tokens, cache=self.cache, conflicts=self.conflicts)
@@ -279,15 +284,20 @@ class Gate:
 
     # -- stored states (statecache.py) ----------------------------------------------------------
 
-    def run_key(self, sample: PerplexitySample) -> str:
-        """Everything besides the edits that decides the edited weights and the checks after each edit."""
+    def arithmetic(self) -> dict[str, Any]:
+        """What besides the weights and the tokens decides a forward pass's last bits (digests add
+        editgate's version)."""
         import transformers
 
         parameter = next(self.loaded.model.parameters())
+        return {"torch": torch.__version__, "transformers": transformers.__version__, "dtype": str(parameter.dtype),
+                "devices": sorted({str(p.device) for p in self.loaded.model.parameters()}),
+                "threads": torch.get_num_threads()}
+
+    def run_key(self, sample: PerplexitySample) -> str:
+        """Everything besides the edits that decides the edited weights and the checks after each edit."""
         return digest({
-            "torch": torch.__version__, "transformers": transformers.__version__,  # digest adds editgate's
-            "dtype": str(parameter.dtype), "devices": sorted({str(p.device) for p in self.loaded.model.parameters()}),
-            "threads": torch.get_num_threads(), "seed": self.config.seed, "stats": STATS_CORPUS,
+            **self.arithmetic(), "seed": self.config.seed, "stats": STATS_CORPUS,
             "policy": dataclasses.asdict(self.policy), "check_sample": digest(sample.token_ids),
             "suite": self.suite.fingerprint() if self.suite is not None else None, "scoring": SCORING_VERSION,
         })
@@ -434,8 +444,13 @@ class Gate:
 
     def measure_check(self) -> CheckResult:
         """The check on the model as it is now (see metrics/check.py for what makes it cheap)."""
+        return self.checker.run(self.session.model, self.written())
+
+    def written(self) -> list[str]:
+        """The parameters the applied edits wrote, which locate the prefix cache; none for a model that
+        wraps the edited one (its output is not the blocks' alone)."""
         session = self.session
-        return self.checker.run(session.model, [] if session.wraps_model() else session.written_parameters())
+        return [] if session.wraps_model() else session.written_parameters()
 
     def bisect(self, window: list[list[int]]) -> str:
         """Find the first unit of a failing window: undo the window's units exactly (only the weights
@@ -462,11 +477,12 @@ class Gate:
         start = time.perf_counter()
         done = sum(1 for r in self.records if r.status != "not-run")
         point = Checkpoint(done)
+        forward, _ = self.checkpoint_prefixes.forward(self.model, self.written())
         if self.suite is not None:
-            now = self.suite.run(self.model, self.log)
+            now = self.suite.run(self.model, self.log, forward)
             point.benchmarks = [c.to_dict() for c in compare(self.baseline_benchmarks, now,
                                                               self.policy.benchmarks.max_drop)]
-        scores = scorer.score(self.model, upto=done)
+        scores = scorer.score(self.model, upto=done, forward=forward)
         for record, score in zip(self.records[:done], scores):
             record.scores = score
         point.edit_metrics = {k: mean_of([getattr(s, k) for s in scores]) for k in SCORE_KEYS}

@@ -201,11 +201,17 @@ def _from_pretrained(source, torch_dtype, device, trust_remote_code, kwargs):
     return model, tokenizer
 
 
+LOCATION_KEYS = ("_name_or_path",)  # config entries that say where the files were, not what they hold
+
+
 def fingerprint(model: torch.nn.Module) -> str:
     """A content hash of the weights, cheap enough for any size: every tensor's name, shape, dtype and
-    a strided sample of its values. Two different checkpoints collide only if they agree on all of it."""
+    a strided sample of its values. Two different checkpoints collide only if they agree on all of it.
+    Where the model was loaded from is not content: the same weights in another directory (a moved
+    cache, another checkout) keep their cached baselines and states."""
     digest = hashlib.sha256()
-    digest.update(json.dumps(model.config.to_dict(), sort_keys=True, default=str).encode())
+    config = {k: v for k, v in model.config.to_dict().items() if k not in LOCATION_KEYS}
+    digest.update(json.dumps(config, sort_keys=True, default=str).encode())
     with torch.no_grad():
         for name, param in model.state_dict().items():
             flat = param.reshape(-1)

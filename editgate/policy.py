@@ -35,7 +35,7 @@ class PerplexityPolicy:
     seed: int = 0
     batch_tokens: int = 2048
     early_stop: bool = True  # stop a check once part of the sample settles its status (metrics/check.py)
-    prefix_cache: bool = True  # run only the blocks from the lowest edited one up (metrics/prefix.py)
+    prefix_cache: bool = True  # checks and checkpoints run only the blocks from the lowest edited one up (prefix.py)
     trend_warning: bool = True  # warn when the increments accelerate towards fail_ratio (trend.py); never fails
     trend_horizon: int = 10  # ... and fail_ratio is projected within this many edits
 

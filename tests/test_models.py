@@ -161,6 +161,21 @@ def test_fingerprint_is_stable_across_loads(load_tiny):
     assert len(first.fingerprint) == 16
 
 
+def test_fingerprint_is_the_same_wherever_the_model_lies(tiny_model_dir, tmp_path):
+    """The cache is keyed by the fingerprint: a moved cache or another checkout of a repository-local
+    model must find its baselines and stored states (the config records the directory it was read from)."""
+    import shutil
+
+    from editgate.models import load_model
+
+    original = tiny_model_dir("llama")
+    moved = shutil.copytree(original, tmp_path / "elsewhere" / "model")
+    first, second = (load_model(str(path), device="cpu", dtype="float32", cache_dir=tmp_path / "cache",
+                                log=lambda _m: None) for path in (original, moved))
+    assert first.model.config._name_or_path != second.model.config._name_or_path
+    assert first.fingerprint == second.fingerprint
+
+
 def test_fingerprint_tells_models_apart(load_tiny):
     assert load_tiny("llama", seed=0).fingerprint != load_tiny("llama", seed=1).fingerprint
     assert load_tiny("llama").fingerprint != load_tiny("qwen2").fingerprint

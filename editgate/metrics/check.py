@@ -25,7 +25,7 @@ from typing import Callable
 import torch
 
 from editgate.metrics.perplexity import PerplexityResult, PerplexitySample, safe_exp, score_chunk
-from editgate.metrics.prefix import PrefixCache, lowest_written_layer
+from editgate.metrics.prefix import PrefixCache, PrefixForwards, PrefixStore
 from editgate.policy import PerplexityPolicy
 
 Z = 4.0  # standard errors on each side of the estimate that must lie inside one band to stop early
@@ -50,17 +50,18 @@ class PerplexityCheck:
     """Perplexity of the current model on the check sample against the unedited model's."""
 
     def __init__(self, sample: PerplexitySample, baseline: PerplexityResult, policy: PerplexityPolicy,
-                 classify: Callable[[float], str], log: Callable[[str], None] = lambda _m: None):
+                 classify: Callable[[float], str], log: Callable[[str], None] = lambda _m: None,
+                 store: PrefixStore | None = None):
+        """`store`: where the prefix cache keeps its states across runs (none: this run only)."""
         self.sample, self.baseline, self.policy = sample, baseline, policy
         self.classify, self.log = classify, log
-        self.prefix: PrefixCache | None = None
-        self._told: set[str] = set()
+        self.prefixes = PrefixForwards(policy.prefix_cache, store, log)
 
     def run(self, model: torch.nn.Module, written: list[str]) -> CheckResult:
         """`written`: the names of `model`'s parameters the applied edits changed; they locate the
         prefix cache, and none (nothing written, or a model that wraps the edited one) means no cache."""
         start = time.perf_counter()
-        forward, from_layer = self._forward(model, written)
+        forward, from_layer = self.prefixes.forward(model, written)
         total = len(self.sample.token_ids)
         nll, counts = [0.0] * total, [0] * total
         scored: list[int] = []
@@ -73,7 +74,7 @@ class PerplexityCheck:
                     ratio, interval = decided
                     return CheckResult(ratio, self.baseline.token_perplexity * ratio, len(scored), total, interval,
                                        from_layer, time.perf_counter() - start)
-        if forward is not None and self.prefix is not None and not self.prefix.verified:
+        if forward is not None and self.prefixes.turned_off:
             from_layer = 0  # the cache turned itself off on this check's first batch
         ratio = safe_exp((sum(nll) - sum(self.baseline.text_nll)) / sum(counts))
         return CheckResult(ratio, safe_exp(sum(nll) / sum(counts)), total, total, None, from_layer,
@@ -95,21 +96,7 @@ class PerplexityCheck:
             return None
         return safe_exp(r), (low, high)
 
-    def _forward(self, model, written: list[str]):
-        """The prefix-cached forward pass when it applies (a parametric edit above block 0), else None."""
-        if not self.policy.prefix_cache or not written:
-            return None, 0
-        layer = lowest_written_layer(model, written)
-        if layer == 0:
-            return None, 0
-        if self.prefix is None or self.prefix.layer > layer:  # states below a lower edit: rebuild there
-            self.prefix = PrefixCache(model, layer)
-        if self.prefix.verified is False:
-            self._tell(self.prefix.problem or "prefix cache disabled")
-            return None, 0
-        return self.prefix.forward, self.prefix.layer
-
-    def _tell(self, message: str) -> None:
-        if message not in self._told:
-            self._told.add(message)
-            self.log(message)
+    @property
+    def prefix(self) -> PrefixCache | None:
+        """The prefix cache the last check used (None before any ran from a cached block)."""
+        return self.prefixes.prefix

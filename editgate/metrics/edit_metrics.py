@@ -24,7 +24,7 @@ from editgate.answers import begins_with_answer
 from editgate.conflicts import SAME_FACT, Conflict, overwritten
 from editgate.metrics.generation import greedy_continuations
 from editgate.metrics import SCORING_VERSION
-from editgate.metrics.scoring import Scored, score_sequences
+from editgate.metrics.scoring import Forward, Scored, score_sequences
 
 DEFINITION = ("efficacy/generalization/locality: greedy generation begins with the target (locality: the "
               "unedited model's generated answer kept) at the end of the run, leaving out prompts another edit "
@@ -248,27 +248,28 @@ class EditScorer:
                 filled.append(LocalityCheck(check.prompt, greedy_next_word(model, self.tokenizer, check.prompt)))
         return replace(edit, locality=tuple(filled))
 
-    def _score_group(self, model, group: range) -> list[Scored]:
+    def _score_group(self, model, group: range, forward: Forward | None = None) -> list[Scored]:
         return score_sequences(model, self.sequences[group.start:group.stop], self.starts[group.start:group.stop],
-                               self.batch_tokens, self.tokenizer.pad_token_id or 0)
+                               self.batch_tokens, self.tokenizer.pad_token_id or 0, forward)
 
-    def _score_upto(self, model, edits: int) -> list[Scored | None]:
+    def _score_upto(self, model, edits: int, forward: Forward | None = None) -> list[Scored | None]:
         """The scores of the first `edits` edits' queries, group by group as the baseline's were."""
         return _groups_upto(self.query_groups, [q.edit for q in self.queries], edits,
-                            lambda group: self._score_group(model, group))
+                            lambda group: self._score_group(model, group, forward))
 
     def _generate_upto(self, model, edits: int) -> list[list[int] | None]:
         """The continuations of the first `edits` edits' prompts, group by group as the baseline's were."""
         return _groups_upto(self.prompt_groups, [q.edit for q in self.prompts], edits,
                             lambda group: self._generate(model, group))
 
-    def score(self, model, upto: int | None = None) -> list[EditScores]:
-        """Scores for the first `upto` edits (all by default) on the model as it is now."""
+    def score(self, model, upto: int | None = None, forward: Forward | None = None) -> list[EditScores]:
+        """Scores for the first `upto` edits (all by default) on the model as it is now; `forward`: how a
+        teacher-forced batch is run (the prefix cache's, say; the model's own pass by default)."""
         n = len(self.edits) if upto is None else upto
         # score and generate in the baseline's groups and batches, so locality compares like with like even
         # in bf16, where batch composition nudges the logits
         per_edit: dict[int, dict[str, list]] = {i: {} for i in range(n)}
-        for i, (q, s) in enumerate(zip(self.queries, self._score_upto(model, n))):
+        for i, (q, s) in enumerate(zip(self.queries, self._score_upto(model, n, forward))):
             if q.edit < n and not self._changed(q, n):
                 per_edit[q.edit].setdefault(q.role, []).append((i, s))
         said: dict[int, dict[str, list]] = {i: {} for i in range(n)}

@@ -13,31 +13,112 @@ back, so the path is exact in any dtype (GPT-2 in bfloat16 included). Building t
 first batch that this path reproduces the full forward pass; when it does not (an architecture that
 feeds its blocks something derived from the input ids themselves, say), the cache is disabled and the
 check runs the whole model, saying why.
+
+The same states serve every fixed set of texts a run scores on the edited model: the check sample,
+and at a checkpoint the benchmark docs and the edits' teacher-forced queries (`PrefixForwards` picks
+the cached pass for whatever the applied edits wrote). They depend only on the unedited blocks below,
+so `PrefixStore` keeps them across runs, keyed by the batch's tokens, the block and what decides the
+arithmetic (model fingerprint, dtype, device, threads, library versions): a later run, such as a pull
+request restoring its base branch's edited state, starts its check and its checkpoint at the edited
+block. Only states whose path was verified are stored; the store is bounded (`STORE_BYTES`), its
+least recently used entries pruned first.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
+import time
 from contextlib import contextmanager
-from typing import Iterator
+from pathlib import Path
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
 
+from editgate import cachefile
 from editgate.architecture import block_list
+from editgate.baseline import digest
 from editgate.hooks import Hooks
-from editgate.metrics.scoring import Batch
+from editgate.metrics.scoring import Batch, Forward, logits_kwargs
 
 TOLERANCE = 1e-4  # largest accepted difference in log-probability between the two paths
+STORE_BYTES = 1 << 30  # the most a model's stored states may take on disk (SmolLM2-135M: ~60 MB a run)
+
+
+class PrefixStore:
+    """States entering a block, kept across runs under <cache>/prefix/<model fingerprint>/.
+
+    `settings` is what besides the tokens and the block decides the states' last bits (dtype, device,
+    threads, library versions); `read=False` (`--no-cache`) measures everything again but still stores."""
+
+    def __init__(self, cache_dir: Path, fingerprint: str, settings: dict[str, Any], *, read: bool = True,
+                 max_bytes: int = STORE_BYTES, log: Callable[[str], None] = print):
+        self.root = Path(cache_dir) / "prefix" / fingerprint
+        self.settings, self.read, self.max_bytes, self.log = settings, read, max_bytes, log
+        self.started = time.time()  # entries touched since are this run's: never pruned to make room
+        self.full = False
+
+    def _path(self, key: str, layer: int) -> Path:
+        return self.root / f"{digest([key, layer, self.settings])}.pt"
+
+    def get(self, key: str, layer: int) -> torch.Tensor | None:
+        if not self.read:
+            return None
+        path = self._path(key, layer)
+        states = cachefile.read_tensor(path, self.log)
+        if not isinstance(states, torch.Tensor):
+            return None
+        try:
+            os.utime(path)  # recently used: pruned last
+        except OSError:
+            pass
+        return states
+
+    def put(self, key: str, layer: int, states: torch.Tensor) -> None:
+        """Store one batch's states when the store has room (after pruning other runs' oldest entries);
+        a full or read-only cache costs later runs time, never this one's figures."""
+        size = states.numel() * states.element_size()
+        if self.full or not self._make_room(size):
+            if not self.full:
+                self.log(f"prefix states not stored: {self.root} would exceed {self.max_bytes >> 20} MiB")
+            self.full = True
+            return
+        try:
+            cachefile.write_tensor(self._path(key, layer), states.detach().cpu().clone())
+        except OSError as error:
+            self.log(f"could not store prefix states for later runs: {error}")
+            self.full = True
+
+    def _make_room(self, size: int) -> bool:
+        try:
+            entries = [(e.stat().st_mtime, e.stat().st_size, e.path) for e in os.scandir(self.root)
+                       if e.is_file() and e.name.endswith(".pt")]
+        except FileNotFoundError:
+            entries = []
+        entries.sort()
+        total = sum(size for _, size, _ in entries)
+        for mtime, entry_size, path in entries:
+            if total + size <= self.max_bytes or mtime >= self.started:
+                break
+            try:
+                os.remove(path)
+                total -= entry_size
+            except OSError:
+                pass  # another job pruned it first
+        return total + size <= self.max_bytes
 
 
 class PrefixCache:
-    """Hidden states entering block `layer` for each batch of a sample, keyed by the batch's tokens."""
+    """Hidden states entering block `layer` for each batch of a sample, keyed by the batch's tokens;
+    read from and written to `store` when one is given."""
 
-    def __init__(self, model: nn.Module, layer: int):
+    def __init__(self, model: nn.Module, layer: int, store: PrefixStore | None = None):
         self.model = model
         self.layer = layer
         self.first_block = block_list(model)[1][layer]  # where the cached states go in
+        self.store = store
+        self.extra = logits_kwargs(model)
         self.states: dict[str, torch.Tensor] = {}
         self.verified: bool | None = None  # None until the first batch has been compared
         self.problem: str | None = None
@@ -47,25 +128,33 @@ class PrefixCache:
         return hashlib.sha1(host_ids.numpy().tobytes() + str(tuple(host_ids.shape)).encode()).hexdigest()
 
     def forward(self, batch: Batch) -> torch.Tensor:
-        """Logits of a batch: from the cached states when present, else a full pass that fills them."""
+        """Logits of a batch (from `batch.logits_from` where the model trims): from the cached states when
+        present, else a full pass that fills them."""
         if self.verified is False:
-            return self.model(input_ids=batch.ids, attention_mask=batch.mask).logits
+            return self.model(input_ids=batch.ids, attention_mask=batch.mask, **self.extra(batch)).logits
         key = self.key(batch.host_ids)
+        if key not in self.states and self.store is not None:
+            stored = self.store.get(key, self.layer)
+            if stored is not None:  # stored only after a verified run of this model and editgate version
+                self.states[key] = stored.to(batch.ids.device)
+                self.verified = True
         if key not in self.states:
-            logits, self.states[key] = full_with_states(self.model, batch.ids, batch.mask, self.layer)
+            logits, self.states[key] = full_with_states(self.model, batch, self.layer, self.extra(batch))
             if self.verified is None:
                 self._verify(batch, logits, key)
+            if self.verified and self.store is not None:
+                self.store.put(key, self.layer, self.states[key])
             return logits
         return self._from_states(batch, self.states[key])
 
     def _from_states(self, batch: Batch, states: torch.Tensor) -> torch.Tensor:
         zeros = torch.zeros(*batch.ids.shape, states.shape[-1], dtype=states.dtype, device=batch.ids.device)
         with upper_blocks(self.model, self.layer), block_input(self.first_block, states):
-            return self.model(inputs_embeds=zeros, attention_mask=batch.mask).logits
+            return self.model(inputs_embeds=zeros, attention_mask=batch.mask, **self.extra(batch)).logits
 
     def _verify(self, batch: Batch, logits: torch.Tensor, key: str) -> None:
         skipped = self._from_states(batch, self.states[key])
-        real = batch.mask.bool()
+        real = batch.mask.bool()[:, batch.mask.shape[1] - logits.shape[1]:]
         difference = (logits.float().log_softmax(-1) - skipped.float().log_softmax(-1))[real].abs().max()
         self.verified = bool(difference <= TOLERANCE)
         if not self.verified:
@@ -74,12 +163,48 @@ class PrefixCache:
             self.states.clear()
 
 
-def full_with_states(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor,
-                     layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+class PrefixForwards:
+    """The prefix-cached forward pass for the model as the applied edits left it: from the lowest block
+    they wrote, the cache rebuilt lower when a later edit writes below it. None when it does not apply
+    (switched off, nothing written, an edit outside the blocks, or a model that wraps the edited one)."""
+
+    def __init__(self, enabled: bool = True, store: PrefixStore | None = None,
+                 log: Callable[[str], None] = lambda _m: None):
+        self.enabled, self.store, self.log = enabled, store, log
+        self.prefix: PrefixCache | None = None
+        self._told: set[str] = set()
+
+    def forward(self, model: nn.Module, written: list[str]) -> tuple[Forward | None, int]:
+        """(the forward pass, its first block), or (None, 0) for the model's own pass."""
+        if not self.enabled or not written:
+            return None, 0
+        layer = lowest_written_layer(model, written)
+        if layer == 0:
+            return None, 0
+        if self.prefix is None or self.prefix.layer > layer or self.prefix.model is not model:
+            self.prefix = PrefixCache(model, layer, self.store)  # states below a lower edit: rebuilt there
+        if self.prefix.verified is False:
+            self._tell(self.prefix.problem or "prefix cache disabled")
+            return None, 0
+        return self.prefix.forward, self.prefix.layer
+
+    @property
+    def turned_off(self) -> bool:
+        """Whether the cache turned itself off (on the first batch it compared)."""
+        return self.prefix is not None and self.prefix.verified is False
+
+    def _tell(self, message: str) -> None:
+        if message not in self._told:
+            self._told.add(message)
+            self.log(message)
+
+
+def full_with_states(model: nn.Module, batch: Batch, layer: int,
+                     extra: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
     """The full forward pass's logits and the hidden states entering block `layer`."""
     with Hooks() as hooks:
         captured = hooks.record_input(block_list(model)[1][layer])
-        logits = model(input_ids=ids, attention_mask=mask).logits
+        logits = model(input_ids=batch.ids, attention_mask=batch.mask, **extra).logits
     return logits, captured[0].detach().clone()
 
 

@@ -36,21 +36,30 @@ class Batch:
 Forward = Callable[[Batch], torch.Tensor]
 
 
-def model_forward(model: torch.nn.Module) -> Forward:
-    """The model's own forward pass, computing logits only at the positions the batch asks for when the
-    model's forward can (a wrapper that post-processes logits by position does not declare it) and the
-    model sits on one device (split over several, accelerate moves the positions to the first device and
-    the last block's states stay on the last: such a model is scored on every position)."""
+def logits_kwargs(model: torch.nn.Module) -> Callable[[Batch], dict]:
+    """The extra arguments of a forward pass that computes logits only at the positions a batch asks
+    for, when the model's forward can (a wrapper that post-processes logits by position does not declare
+    it) and the model sits on one device (split over several, accelerate moves the positions to the first
+    device and the last block's states stay on the last: such a model is scored on every position)."""
     trims = ("logits_to_keep" in inspect.signature(model.forward).parameters
              and len({p.device for p in model.parameters()}) == 1)
 
+    def extra(batch: Batch) -> dict:
+        if not trims or batch.logits_from <= 0:
+            return {}
+        # positions as an index, not a count: transformers slices the hidden states for a count, and a
+        # strided slice sends the head through a batched matmul slower than the full one
+        return {"logits_to_keep": torch.arange(batch.logits_from, batch.ids.shape[1], device=batch.ids.device)}
+
+    return extra
+
+
+def model_forward(model: torch.nn.Module) -> Forward:
+    """The model's own forward pass, trimmed as `logits_kwargs` allows."""
+    extra = logits_kwargs(model)
+
     def forward(batch: Batch) -> torch.Tensor:
-        extra = {}
-        if trims and batch.logits_from > 0:
-            # positions as an index, not a count: transformers slices the hidden states for a count, and a
-            # strided slice sends the head through a batched matmul slower than the full one
-            extra["logits_to_keep"] = torch.arange(batch.logits_from, batch.ids.shape[1], device=batch.ids.device)
-        return model(input_ids=batch.ids, attention_mask=batch.mask, **extra).logits
+        return model(input_ids=batch.ids, attention_mask=batch.mask, **extra(batch)).logits
 
     return forward
 

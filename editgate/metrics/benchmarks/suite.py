@@ -22,6 +22,8 @@ from editgate.yamlio import describe, load_yaml, unknown_key
 if TYPE_CHECKING:
     import torch
 
+    from editgate.metrics.scoring import Forward
+
 BUILTIN_SUITES = ("small", "medium")
 
 
@@ -39,12 +41,15 @@ class Suite:
     def names(self) -> list[str]:
         return self.lm_eval.names if self.lm_eval else [t.name for t in self.tasks]
 
-    def run(self, model: torch.nn.Module, log: Callable[[str], None] | None = None) -> dict[str, TaskResult]:
+    def run(self, model: torch.nn.Module, log: Callable[[str], None] | None = None,
+            forward: Forward | None = None) -> dict[str, TaskResult]:
+        """Every task's result; `forward` (editgate's own tasks): how a batch is run, e.g. from the
+        prefix cache's states (the model's own pass by default)."""
         if self.lm_eval is not None:
             return self.lm_eval.run(model, log)
         results = {}
         for task in self.tasks:
-            result = task.evaluate(model, self.batch_tokens, self.pad_id)
+            result = task.evaluate(model, self.batch_tokens, self.pad_id, forward)
             results[task.name] = result
             if log:
                 se = f" ± {result.stderr:.3f}" if result.stderr is not None else ""

@@ -43,6 +43,8 @@ from editgate.yamlio import describe, unknown_key
 if TYPE_CHECKING:
     import torch
 
+    from editgate.metrics.scoring import Forward
+
 # part of every suite fingerprint: bump when scoring or a cached result changes meaning
 FORMAT_VERSION = 2  # 2: per-doc outcomes in every result (a cached baseline without them is measured again)
 
@@ -95,12 +97,13 @@ class Task:
         return dataclasses.replace(self, requests=self.requests[start:stop], sequences=self.sequences[lo:hi],
                                    starts=self.starts[lo:hi], alternatives=self.alternatives[lo:hi])
 
-    def evaluate(self, model: torch.nn.Module, batch_tokens: int, pad_id: int) -> TaskResult:
+    def evaluate(self, model: torch.nn.Module, batch_tokens: int, pad_id: int,
+                 forward: Forward | None = None) -> TaskResult:
         from editgate.metrics.perplexity import safe_exp  # torch: imported only to score a model
         from editgate.metrics.scoring import score_sequences
 
         start = time.perf_counter()
-        scored = score_sequences(model, self.sequences, self.starts, batch_tokens, pad_id,
+        scored = score_sequences(model, self.sequences, self.starts, batch_tokens, pad_id, forward,
                                  alternatives=self.alternatives or None)
         values: dict[str, float] = {}
         stderrs: dict[str, float | None] = {}
