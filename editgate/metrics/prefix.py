@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -56,7 +55,7 @@ class PrefixStore:
                  max_bytes: int = STORE_BYTES, log: Callable[[str], None] = print):
         self.root = Path(cache_dir) / "prefix" / fingerprint
         self.settings, self.read, self.max_bytes, self.log = settings, read, max_bytes, log
-        self.started = time.time()  # entries touched since are this run's: never pruned to make room
+        self.used: set[str] = set()  # entries this run read or wrote: never pruned to make room for its own
         self.full = False
 
     def _path(self, key: str, layer: int) -> Path:
@@ -73,6 +72,7 @@ class PrefixStore:
             os.utime(path)  # recently used: pruned last
         except OSError:
             pass
+        self.used.add(str(path))
         return states
 
     def put(self, key: str, layer: int, states: torch.Tensor) -> None:
@@ -84,8 +84,10 @@ class PrefixStore:
                 self.log(f"prefix states not stored: {self.root} would exceed {self.max_bytes >> 20} MiB")
             self.full = True
             return
+        path = self._path(key, layer)
         try:
-            cachefile.write_tensor(self._path(key, layer), states.detach().cpu().clone())
+            cachefile.write_tensor(path, states.detach().cpu().clone())
+            self.used.add(str(path))
         except OSError as error:
             self.log(f"could not store prefix states for later runs: {error}")
             self.full = True
@@ -97,10 +99,12 @@ class PrefixStore:
         except FileNotFoundError:
             entries = []
         entries.sort()
-        total = sum(size for _, size, _ in entries)
-        for mtime, entry_size, path in entries:
-            if total + size <= self.max_bytes or mtime >= self.started:
+        total = sum(entry[1] for entry in entries)
+        for _mtime, entry_size, path in entries:  # least recently used first
+            if total + size <= self.max_bytes:
                 break
+            if path in self.used:
+                continue
             try:
                 os.remove(path)
                 total -= entry_size
