@@ -40,9 +40,20 @@ def peak_rss_mib() -> float:
 
 
 def machine() -> dict:
-    return {"cpu_count": os.cpu_count(), "threads": torch.get_num_threads(), "platform": platform.platform(),
-            "torch": torch.__version__, "python": platform.python_version(),
+    return {"cpu_count": os.cpu_count(), "cpu": cpu_model(), "threads": torch.get_num_threads(),
+            "platform": platform.platform(), "torch": torch.__version__, "python": platform.python_version(),
             "load_average_at_start": os.getloadavg()[0]}
+
+
+def cpu_model() -> str:
+    """The processor's name (figures differ between machines of one kind: say which one ran)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
 
 
 def save_json(name: str, payload: dict) -> Path:

@@ -477,7 +477,7 @@ class Gate:
         start = time.perf_counter()
         done = sum(1 for r in self.records if r.status != "not-run")
         point = Checkpoint(done)
-        forward, _ = self.checkpoint_prefixes.forward(self.model, self.written())
+        forward, from_layer = self.checkpoint_prefixes.forward(self.model, self.written())
         if self.suite is not None:
             now = self.suite.run(self.model, self.log, forward)
             point.benchmarks = [c.to_dict() for c in compare(self.baseline_benchmarks, now,
@@ -488,7 +488,8 @@ class Gate:
         point.edit_metrics = {k: mean_of([getattr(s, k) for s in scores]) for k in SCORE_KEYS}
         point.seconds = time.perf_counter() - start
         self.checkpoints.append(point)
-        self.log(f"checkpoint after {done} edits ({point.seconds:.1f}s): "
+        blocks = f", blocks {from_layer}+" if forward is not None and not self.checkpoint_prefixes.turned_off else ""
+        self.log(f"checkpoint after {done} edits ({point.seconds:.1f}s{blocks}): "
                  + ", ".join(f"{k} {v:.2f}" for k, v in point.edit_metrics.items() if v is not None))
         return point
 

@@ -15,6 +15,7 @@ from editgate.baseline import BaselineCache
 from editgate.cli import main
 from editgate.manifests import Edit, LocalityCheck
 from editgate.metrics.edit_metrics import EDITS_PER_GROUP, EditScorer
+from editgate.metrics.prefix import PrefixStore
 from helpers import EDITS_A, EDITS_B, gate_policy, write, write_repo
 
 # the extreme edit of NEW_EDITS crosses fail_ratio on the tiny model, the others do not
@@ -216,3 +217,29 @@ def test_scoring_the_first_edits_gives_their_figures_in_the_whole_list(load_tiny
     edits = scorer_edits(EDITS_PER_GROUP + 2)
     scorer = EditScorer(loaded.model, loaded.tokenizer, edits)
     assert scorer.score(loaded.model, upto=3) == scorer.score(loaded.model)[:3]
+
+
+def test_a_checkpoint_from_stored_prefix_states_gives_the_replays_figures(tiny_repo, tmp_path, monkeypatch):
+    """The pull request's check and checkpoint run from the edited block on the states the base branch's
+    run stored (`<cache>/prefix/`): every figure, benchmarks included, equals a replay that measures
+    everything again (--no-cache)."""
+    policy = POLICY.format(check_every=1).replace("suite: none", "suite: builtin:small  #")
+    repo = tiny_repo(manifests={"edits/2026-01-01-a.yaml": EDITS_A}, policy=policy)
+    gate(repo, tmp_path / "base")
+    assert list((tmp_path / "cache" / "prefix").glob("*/*.pt"))
+    write(repo / "edits" / "2026-01-03-c.yaml", NEW_EDITS.split("  - id: extreme")[0])  # one ordinary edit
+    read: list[int] = []
+    original = PrefixStore.get
+
+    def counted(store, key, layer):
+        states = original(store, key, layer)
+        read.append(states is not None)
+        return states
+
+    monkeypatch.setattr(PrefixStore, "get", counted)
+    incremental = gate(repo, tmp_path / "incremental")
+    hits, read[:] = sum(read), []
+    replay = gate(repo, tmp_path / "replay", "--no-cache")
+    assert incremental["restored"]["edits"] == 2 and hits > 0 and sum(read) == 0
+    assert incremental["benchmarks"]["checkpoints"] == replay["benchmarks"]["checkpoints"]
+    assert_same_as_replay(incremental, replay, tmp_path / "incremental", tmp_path / "replay")
