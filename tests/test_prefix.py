@@ -139,3 +139,13 @@ def test_no_cache_reads_nothing_but_still_stores(tmp_path):
     assert fresh.get("k", 3) is None
     assert torch.equal(PrefixStore(tmp_path, "model", SETTINGS).get("k", 3), states)
     assert PrefixStore(tmp_path, "model", SETTINGS).get("k", 4) is None  # another block: another entry
+
+
+def test_a_store_that_cannot_be_written_costs_time_never_the_run(tmp_path):
+    (tmp_path / "prefix").write_text("a file where the store's directory should be")
+    told: list[str] = []
+    store = PrefixStore(tmp_path, "model", SETTINGS, log=told.append)
+    store.put("k", 2, torch.ones(2, 2))
+    store.put("k2", 2, torch.ones(2, 2))
+    assert store.get("k", 2) is None
+    assert told[0].startswith("prefix states not stored") and sum("not stored" in m for m in told) == 1

@@ -97,7 +97,11 @@ class PrefixStore:
             entries = [(e.stat().st_mtime, e.stat().st_size, e.path) for e in os.scandir(self.root)
                        if e.is_file() and e.name.endswith(".pt")]
         except FileNotFoundError:
-            entries = []
+            entries = []  # nothing stored yet
+        except OSError as error:  # unreadable (or an entry pruned by another job while listed)
+            self.log(f"prefix states not stored: cannot list {self.root} ({error})")
+            self.full = True
+            return False
         entries.sort()
         total = sum(entry[1] for entry in entries)
         for _mtime, entry_size, path in entries:  # least recently used first
