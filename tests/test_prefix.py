@@ -75,10 +75,12 @@ def test_a_later_run_checks_from_the_stored_states_without_the_unedited_blocks(a
     assert calls
 
 
-def test_checkpoint_scoring_from_the_edited_block_equals_the_full_pass(load_tiny, tokenizer, tmp_path):
-    """Benchmarks and teacher-forced edit queries through the prefix cache (fresh, then from the store):
-    every per-doc outcome and log-probability of the model's own pass."""
-    loaded = load_tiny("llama")
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "qwen2", "gpt_neox"])
+def test_checkpoint_scoring_from_the_edited_block_equals_the_full_pass(arch, load_tiny, tokenizer, tmp_path):
+    """Benchmarks and teacher-forced edit queries through the prefix cache (fresh, then from the store),
+    the output head trimmed as on the model's own pass: every per-doc outcome and log-probability of
+    the model's own pass."""
+    loaded = load_tiny(arch)
     model = loaded.model
     edits = [Edit(id="eiffel", prompt="The {} is in", subject="Eiffel Tower", target="Rome", ground_truth="Paris",
                   paraphrases=("Where is the {}? In",), locality=(LocalityCheck("The Louvre is in", "Paris"),))]
