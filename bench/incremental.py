@@ -6,10 +6,10 @@
 A repository on the embedded model (SmolLM2-135M, CPU) with the demo's policy (examples/demo: 40
 texts of 128 tokens checked after every edit, builtin:small at the end) and --edits CounterFact edits
 of ../shared/data in one manifest, gated through the CLI in fresh processes, one after another:
-  1. the base branch: --edits edits (fills the cache: baselines, set-up, the stored state);
+  1. the base branch: --edits edits (fills the cache: baselines, set-up, prefix states, the stored state);
   2. the pull request adds one edit in a second manifest: the incremental run restores the state of 1;
-  3. the same pull request replayed in full: stored states removed first, baselines and set-up kept,
-     so the difference is only the edits and checks the state saves.
+  3. the same pull request replayed in full: stored states removed first, baselines, set-up and prefix
+     states kept, so the difference is only the edits and checks the state saves.
 Wall time includes starting Python and loading the model. The verdict, culprit and every edit's
 status and ratio of 2 and 3 must be equal (the bench exits 1 when not). Prints a table and writes
 bench/results/incremental.json. Run it alone: it is CPU-bound.
