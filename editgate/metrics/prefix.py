@@ -39,7 +39,7 @@ from editgate import cachefile
 from editgate.architecture import block_list
 from editgate.baseline import digest
 from editgate.hooks import Hooks
-from editgate.metrics.scoring import Batch, Forward, logits_kwargs
+from editgate.metrics.scoring import Batch, Forward, logits_kwargs, model_forward
 
 TOLERANCE = 1e-4  # largest accepted difference in log-probability between the two paths
 STORE_BYTES = 1 << 30  # the most a model's stored states may take on disk (SmolLM2-135M: ~60 MB a run)
@@ -77,31 +77,33 @@ class PrefixStore:
 
     def put(self, key: str, layer: int, states: torch.Tensor) -> None:
         """Store one batch's states when the store has room (after pruning other runs' oldest entries);
-        a full or read-only cache costs later runs time, never this one's figures."""
-        size = states.numel() * states.element_size()
-        if self.full or not self._make_room(size):
-            if not self.full:
-                self.log(f"prefix states not stored: {self.root} would exceed {self.max_bytes >> 20} MiB")
-            self.full = True
+        a full or read-only cache costs later runs time, never this one's figures (said once)."""
+        if self.full:
             return
-        path = self._path(key, layer)
-        try:
-            cachefile.write_tensor(path, states.detach().cpu().clone())
-            self.used.add(str(path))
-        except OSError as error:
-            self.log(f"could not store prefix states for later runs: {error}")
-            self.full = True
+        problem = self._make_room(states.numel() * states.element_size())
+        if problem is None:
+            path = self._path(key, layer)
+            try:
+                cachefile.write_tensor(path, states.detach().cpu())  # captured states are compact already
+                self.used.add(str(path))
+                return
+            except OSError as error:
+                problem = f"cannot write {path} ({error})"
+        self.log(f"prefix states not stored from here on: {problem}")
+        self.full = True
 
-    def _make_room(self, size: int) -> bool:
+    def _make_room(self, size: int) -> str | None:
+        """None when `size` more bytes fit (least recently used entries of other runs pruned), else why not."""
         try:
-            entries = [(e.stat().st_mtime, e.stat().st_size, e.path) for e in os.scandir(self.root)
-                       if e.is_file() and e.name.endswith(".pt")]
+            entries = []
+            for entry in os.scandir(self.root):
+                if entry.is_file() and entry.name.endswith(".pt"):
+                    stat = entry.stat()
+                    entries.append((stat.st_mtime, stat.st_size, entry.path))
         except FileNotFoundError:
             entries = []  # nothing stored yet
         except OSError as error:  # unreadable (or an entry pruned by another job while listed)
-            self.log(f"prefix states not stored: cannot list {self.root} ({error})")
-            self.full = True
-            return False
+            return f"cannot list {self.root} ({error})"
         entries.sort()
         total = sum(entry[1] for entry in entries)
         for _mtime, entry_size, path in entries:  # least recently used first
@@ -114,7 +116,7 @@ class PrefixStore:
                 total -= entry_size
             except OSError:
                 pass  # another job pruned it first
-        return total + size <= self.max_bytes
+        return None if total + size <= self.max_bytes else f"{self.root} would exceed {self.max_bytes >> 20} MiB"
 
 
 class PrefixCache:
@@ -126,6 +128,7 @@ class PrefixCache:
         self.layer = layer
         self.first_block = block_list(model)[1][layer]  # where the cached states go in
         self.store = store
+        self.own = model_forward(model)  # the full pass, trimmed as the caller's scoring is
         self.extra = logits_kwargs(model)
         self.states: dict[str, torch.Tensor] = {}
         self.verified: bool | None = None  # None until the first batch has been compared
@@ -139,7 +142,7 @@ class PrefixCache:
         """Logits of a batch (from `batch.logits_from` where the model trims): from the cached states when
         present, else a full pass that fills them."""
         if self.verified is False:
-            return self.model(input_ids=batch.ids, attention_mask=batch.mask, **self.extra(batch)).logits
+            return self.own(batch)
         key = self.key(batch.host_ids)
         if key not in self.states and self.store is not None:
             stored = self.store.get(key, self.layer)
@@ -147,7 +150,7 @@ class PrefixCache:
                 self.states[key] = stored.to(batch.ids.device)
                 self.verified = True
         if key not in self.states:
-            logits, self.states[key] = full_with_states(self.model, batch, self.layer, self.extra(batch))
+            logits, self.states[key] = full_with_states(self.own, self.first_block, batch)
             if self.verified is None:
                 self._verify(batch, logits, key)
             if self.verified and self.store is not None:
@@ -207,12 +210,11 @@ class PrefixForwards:
             self.log(message)
 
 
-def full_with_states(model: nn.Module, batch: Batch, layer: int,
-                     extra: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-    """The full forward pass's logits and the hidden states entering block `layer`."""
+def full_with_states(forward: Forward, block: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """The full forward pass's logits and the hidden states entering `block`."""
     with Hooks() as hooks:
-        captured = hooks.record_input(block_list(model)[1][layer])
-        logits = model(input_ids=batch.ids, attention_mask=batch.mask, **extra).logits
+        captured = hooks.record_input(block)
+        logits = forward(batch)
     return logits, captured[0].detach().clone()
 
 
